@@ -1,0 +1,15 @@
+"""Detectors: decide, unit by unit, which neurons are polysemantic, and why.
+
+    from polysdk.detect import Detector, ClassSelectivity
+    det = ClassSelectivity(min_rate=0.05).fit(store["fc1"])      # labels from the store
+    det.result_        # xr.Dataset over ``unit``: score, polysemantic, firing_rate, ...
+    Detector.from_name("hdbscan", top_k=500)                  # by registry name
+
+Built-ins: ``class_selectivity`` (seed 001), ``hdbscan`` (seed 000), ``concept_sets``
+(seed 003), ``concept_ranking`` (seed 004). Third-party detectors register through the
+``polysdk.detectors`` entry-point group (see docs/detectors.md).
+"""
+
+from polysdk.detect.base import Detector, available_detectors, get_detector_class, register
+
+__all__ = ["Detector", "register", "available_detectors", "get_detector_class"]
