@@ -1,0 +1,258 @@
+"""Shared plumbing of the maskers: parameter selection, masked forward, site reading.
+
+Parameter masks never touch the model: :func:`masked_call` runs the model through
+:func:`torch.func.functional_call` with ``weight * mask`` in place of each masked
+parameter, so nothing is left behind on any path (exception, interrupt). Activations
+are read only through :mod:`polysdk.sites`.
+
+*Stopping the forward pass at the target.* :class:`SiteReader` keeps the value of one
+site; with ``stop=True`` its hook raises the private ``_StopForward`` exception right
+after storing the value, and :meth:`SiteReader.run` catches it, so layers after the
+target never run (no time, no memory). The exception passes through the model's own
+code; a model that catches every ``Exception`` in its forward would swallow it, in
+which case pass ``stop_at_target=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from polysdk.errors import ConfigError, SiteError
+from polysdk.sites import Hooks, SiteSpec, TensorKey, resolve_sites, unwrap_model
+
+__all__ = [
+    "SiteReader",
+    "expand_mask",
+    "iter_batches",
+    "masked_call",
+    "select_parameters",
+    "select_unit",
+]
+
+Position = tuple[int, ...] | str | None
+
+
+class _StopForward(Exception):
+    """Raised by a capturing hook to end a forward pass at the target site."""
+
+
+def select_parameters(
+    model: Any,
+    params: SiteSpec | Sequence[SiteSpec] = "**",
+    *,
+    kinds: Sequence[str] = ("weight", "bias"),
+    min_ndim: int = 1,
+) -> dict[str, nn.Parameter]:
+    """The parameters (by their model name) of the modules that ``params`` names.
+
+    ``params`` uses the site syntax of :func:`polysdk.sites.resolve_sites`
+    (``"features.*"``: every module directly under ``features``; ``"**"``: all),
+    and every parameter of a matched module (and its children) whose last name
+    component is in ``kinds`` is taken, once, in model order.
+
+    >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    >>> list(select_parameters(net, "*"))
+    ['0.weight', '0.bias', '2.weight', '2.bias']
+    """
+    module = unwrap_model(model)
+    modules = resolve_sites(model, params)
+    names = {id(p): n for n, p in module.named_parameters()}
+    wanted: set[str] = set()
+    for sub in modules.values():
+        for p in sub.parameters():
+            name = names.get(id(p))
+            if name is not None and name.rsplit(".", 1)[-1] in kinds and p.ndim >= min_ndim:
+                wanted.add(name)
+    chosen = {n: p for n, p in module.named_parameters() if n in wanted}
+    if not chosen:
+        raise ConfigError(
+            f"params={params!r} selects no parameter named {tuple(kinds)} with ndim >= "
+            f"{min_ndim}; name modules that own weights (e.g. 'features.*' or '**')"
+        )
+    return chosen
+
+
+def expand_mask(mask: torch.Tensor, shape: torch.Size | Sequence[int]) -> torch.Tensor:
+    """Broadcast a structured mask (a prefix of ``shape``: filter ``[O]``, kernel
+    ``[O, I]``) over the remaining axes of a parameter of ``shape``."""
+    shape = tuple(shape)
+    if tuple(mask.shape) == shape:
+        return mask
+    if tuple(mask.shape) != shape[: mask.ndim]:
+        raise ConfigError(
+            f"mask of shape {tuple(mask.shape)} does not fit a parameter of shape {shape}; "
+            f"a mask must have the parameter's shape or a prefix of it ([out] or [out, in])"
+        )
+    return mask.reshape(tuple(mask.shape) + (1,) * (len(shape) - mask.ndim)).expand(shape)
+
+
+def masked_call(
+    model: Any, masks: Mapping[str, torch.Tensor], *args: Any, detach: bool = False, **kwargs: Any
+) -> Any:
+    """Run ``model(*args, **kwargs)`` with every parameter ``name`` in ``masks``
+    replaced by ``param * mask`` (masks may be bool, float or structured prefixes).
+
+    Hooks attached through :mod:`polysdk.sites` fire as usual, so a ``Probe`` can
+    record the subnetwork. With ``detach=True`` the model's weights get no gradient.
+
+    >>> net = nn.Linear(2, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    >>> masked_call(net, {"weight": torch.tensor([[True, False]])}, torch.ones(1, 2)).item()
+    1.0
+    """
+    module = unwrap_model(model)
+    own = dict(module.named_parameters())
+    replaced: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        if name not in own:
+            raise ConfigError(
+                f"mask for {name!r} names no parameter of {type(module).__name__}; "
+                f"keys must be names from model.named_parameters()"
+            )
+        p = own[name].detach() if detach else own[name]
+        m = expand_mask(mask.to(device=p.device), p.shape)
+        replaced[name] = p * m.to(p.dtype) if m.dtype == torch.bool else p * m
+    return torch.func.functional_call(module, replaced, args, kwargs, strict=False)
+
+
+def select_unit(
+    tensor: torch.Tensor,
+    unit: int | None,
+    position: Position = None,
+    unit_dim: int | None = None,
+) -> torch.Tensor:
+    """The activation of ``unit`` in a site's tensor: ``[batch, *rest]``.
+
+    ``unit_dim`` is the unit (channel) axis; ``None`` picks 1 for conv maps (4-D and
+    5-D tensors) and 2-D tensors, else the last axis (``[batch, position, unit]``).
+    ``position`` indexes the axes left after the unit is taken (``(6, 6)``), or is
+    ``"center"`` (each axis at ``size // 2``), or ``None`` (keep the map).
+    """
+    dim = _unit_axis(tensor, unit_dim)
+    out = tensor if unit is None else tensor.select(dim, unit)
+    if position is None:
+        return out
+    rest = out.shape[1:]
+    if position == "center":
+        position = tuple(s // 2 for s in rest)
+    if isinstance(position, str) or len(position) != len(rest):
+        raise ConfigError(
+            f"position={position!r} does not index the {len(rest)} axes {tuple(rest)} left "
+            f"after taking the unit; give one index per axis, 'center' or None"
+        )
+    index: tuple[Any, ...] = (slice(None), *position)
+    return out[index]
+
+
+def _unit_axis(tensor: torch.Tensor, unit_dim: int | None) -> int:
+    if unit_dim is not None:
+        return unit_dim % tensor.ndim
+    return 1 if tensor.ndim in (2, 4, 5) else tensor.ndim - 1
+
+
+class SiteReader:
+    """Reads one site's value during a forward pass, optionally stopping there.
+
+    >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    >>> with SiteReader(net, "0") as reader:
+    ...     h = reader.run(lambda: net(torch.zeros(4, 2)))
+    >>> tuple(h.shape)
+    (4, 3)
+    """
+
+    def __init__(
+        self, model: Any, site: SiteSpec, *, stop: bool = True, capture: str = "output",
+        key: TensorKey = None,
+    ) -> None:
+        self.stop = stop
+        self._value: torch.Tensor | None = None
+        self._hooks = Hooks(model, site, self._hook, capture=capture, key=key)  # type: ignore[arg-type]
+        if len(self._hooks.site_names) != 1:
+            raise ConfigError(
+                f"the target must be one site, got {site!r} matching {self._hooks.site_names}; "
+                f"name a single module"
+            )
+        self.site = self._hooks.site_names[0]
+
+    def _hook(self, site: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        self._value = tensor
+        if self.stop:
+            raise _StopForward
+        # hand later layers a copy, so an in-place op (ReLU(inplace=True)) cannot
+        # overwrite the value kept here nor its place in the autograd graph
+        return tensor.clone()
+
+    def run(self, call: Callable[[], Any]) -> torch.Tensor:
+        """Run ``call()`` (a forward pass) and return the site's value."""
+        self._value = None
+        try:
+            call()
+        except _StopForward:
+            pass
+        value, self._value = self._value, None
+        if value is None:
+            raise SiteError(
+                f"site {self.site!r} did not run in the forward pass; choose a module that "
+                f"the model calls"
+            )
+        return value
+
+    def __enter__(self) -> SiteReader:
+        self._hooks.attach()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._hooks.detach()
+        self._value = None
+
+
+def iter_batches(
+    data: Any, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = False
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield tuples of tensors from a tensor, a tuple of tensors (split into batches,
+    shuffled with ``generator`` when ``shuffle``) or an iterable of batches (a
+    ``DataLoader``: each item a tensor or a tuple/list whose items are used)."""
+    if isinstance(data, torch.Tensor):
+        data = (data,)
+    if isinstance(data, tuple) and all(isinstance(t, torch.Tensor) or t is None for t in data):
+        n = len(data[0])
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield tuple(None if t is None else t[idx] for t in data)  # type: ignore[misc]
+        return
+    if not isinstance(data, Iterable):
+        raise ConfigError(
+            f"data must be a tensor, a tuple of tensors or an iterable of batches, got "
+            f"{type(data).__name__}"
+        )
+    for item in data:
+        yield tuple(item) if isinstance(item, (tuple, list)) else (item,)
+
+
+def model_device(model: Any) -> torch.device:
+    module = unwrap_model(model)
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class eval_mode:
+    """Put a module in eval mode for a block and restore every submodule's flag."""
+
+    def __init__(self, model: Any) -> None:
+        self.module = unwrap_model(model)
+        self._flags: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        self._flags = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc_info: object) -> None:
+        for m, flag in self._flags:
+            m.training = flag

@@ -1,0 +1,363 @@
+"""Continuous sparsification (Savarese, Silva, Maire 2020) for one target unit.
+
+A learnable logit ``s`` per masked element (or per conv kernel); the soft mask is
+``sigmoid(T * s)``; the model's weights stay frozen; the loss is the objective on the
+target unit plus ``lam * sum(soft weight masks)``; the temperature ``T`` grows each
+epoch from ``T0`` to ``T1`` (``T_e = T0 * (T1 / T0) ** (e / (E - 1))``, seed 000: 1 to
+200); the final binary mask is ``s > 0``::
+
+    cs = ContinuousSparsification(alexnet, "features.10", unit=255, position=(6, 6),
+                                  params="features.*", epochs=160, milestones=(130, 150))
+    cs.fit(images, cluster_labels)                # 1 = chosen cluster, 0 = other, -1 dropped
+    cs.masks_["features.0.weight"]                # bool, the parameter's shape
+    cs.result_                                    # xr.Dataset: masks, densities, objective
+    cs.save(store, "subnetwork/features.10/255/a")
+
+The masks live only inside :func:`torch.func.functional_call`; no hook is added to the
+model except the one that reads the target (through :mod:`polysdk.sites`), and that
+hook ends the forward pass at the target (``stop_at_target``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from polysdk.errors import ConfigError, NotFittedError
+from polysdk.mask._core import (
+    Position,
+    SiteReader,
+    eval_mode,
+    expand_mask,
+    iter_batches,
+    masked_call,
+    model_device,
+    select_parameters,
+    select_unit,
+)
+from polysdk.mask.io import masks_to_dataset
+from polysdk.mask.objectives import Contrastive, resolve_objective
+from polysdk.sites import SiteSpec, TensorKey
+
+__all__ = ["ContinuousSparsification", "temperature_schedule"]
+
+log = logging.getLogger(__name__)
+
+
+def temperature_schedule(epochs: int, start: float = 1.0, end: float = 200.0) -> list[float]:
+    """``T_e = start * (end / start) ** (e / (epochs - 1))`` for ``e = 0 .. epochs-1``.
+
+    >>> [round(t, 6) for t in temperature_schedule(3, 1.0, 100.0)]
+    [1.0, 10.0, 100.0]
+    """
+    if epochs < 1 or start <= 0 or end <= 0:
+        raise ConfigError(
+            f"need epochs >= 1 and positive temperatures, got epochs={epochs}, "
+            f"start={start}, end={end}"
+        )
+    if epochs == 1:
+        return [float(start)]
+    return [start * (end / start) ** (e / (epochs - 1)) for e in range(epochs)]
+
+
+class ContinuousSparsification:
+    """Learn a sparse binary mask over ``params`` that serves one target unit.
+
+    Parameters
+    ----------
+    model : the network (its weights are frozen: they get no gradient).
+    target : the site whose output holds the unit (e.g. the conv, pre-ReLU).
+    unit, position, unit_dim : which value of the site; see
+        :func:`polysdk.mask._core.select_unit` (``position="center"`` works).
+    params : site spec of the modules whose weights (and biases if ``mask_bias``) are
+        masked; parameters that cannot reach the target are dropped (``unused_``).
+    granularity : ``"weight"`` (one logit per element) or ``"kernel"`` (one per
+        ``[out, in]`` kernel of a conv weight; biases stay per element).
+    objective : ``"contrastive"`` (default), ``"preserve"`` or a callable
+        ``(act, labels, reference) -> loss`` (see :mod:`polysdk.mask.objectives`).
+    swap : train the other cluster's subnetwork (labels ``y -> 1 - y``).
+    lam : weight of ``sum(sigmoid(T s))`` over weight masks (over all masks when
+        ``penalize="all"``); a kernel logit counts once per weight it covers.
+    s0, temperature : initial logit and the ``(T0, T1)`` schedule ends.
+    epochs, lr, momentum, milestones, gamma, batch_size : SGD on the logits only, the
+        learning rate times ``gamma`` at each milestone epoch.
+    stop_at_target : end each forward pass at the target (see ``_core``).
+
+    Attributes (after ``fit``)
+    --------------------------
+    masks_ : ``{param: bool tensor}`` of each parameter's shape (``s > 0``).
+    logits_ : the learned logits (structured shape for kernels).
+    history_ : one dict per epoch (``temperature``, ``objective``, ``penalty``, ``density``).
+    objective_train_, objective_val_ : the objective with the binary mask (``nan``
+        without ``x_val``); ``accuracy_train_``, ``accuracy_val_``: for the contrastive
+        objective, the share of inputs on the right side of 0.
+    unused_ : selected parameters that cannot reach the target (not masked).
+    result_ : ``xr.Dataset`` of :func:`polysdk.mask.io.masks_to_dataset` with attrs.
+
+    Examples
+    --------
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    >>> x = torch.randn(64, 4); y = (x[:, 0] > 0).long()
+    >>> cs = ContinuousSparsification(net, "2", unit=0, epochs=3, batch_size=16,
+    ...                               progress=False).fit(x, y)
+    >>> sorted(cs.masks_)
+    ['0.bias', '0.weight', '2.bias', '2.weight']
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        target: SiteSpec,
+        unit: int | None = None,
+        *,
+        position: Position = None,
+        unit_dim: int | None = None,
+        params: SiteSpec | Sequence[SiteSpec] = "**",
+        granularity: Literal["weight", "kernel"] = "weight",
+        mask_bias: bool = True,
+        objective: Any = "contrastive",
+        swap: bool = False,
+        lam: float = 1e-6,
+        penalize: Literal["weights", "all"] = "weights",
+        s0: float = 0.0,
+        temperature: tuple[float, float] = (1.0, 200.0),
+        epochs: int = 160,
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        milestones: Sequence[int] = (130, 150),
+        gamma: float = 0.1,
+        batch_size: int = 32,
+        stop_at_target: bool = True,
+        capture: Literal["output", "input"] = "output",
+        key: TensorKey = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.target = target
+        self.unit = unit
+        self.position = position
+        self.unit_dim = unit_dim
+        self.params = params
+        self.granularity = granularity
+        self.mask_bias = mask_bias
+        self.objective = objective
+        self.swap = swap
+        self.lam = lam
+        self.penalize = penalize
+        self.s0 = s0
+        self.temperature = temperature
+        self.epochs = epochs
+        self.lr = lr
+        self.momentum = momentum
+        self.milestones = milestones
+        self.gamma = gamma
+        self.batch_size = batch_size
+        self.stop_at_target = stop_at_target
+        self.capture = capture
+        self.key = key
+        self.seed = seed
+        self.progress = progress
+
+    # ------------------------------------------------------------------ helpers
+    def _check(self) -> None:
+        if self.granularity not in ("weight", "kernel"):
+            raise ConfigError(f"granularity must be 'weight' or 'kernel', got {self.granularity!r}")
+        if self.penalize not in ("weights", "all"):
+            raise ConfigError(f"penalize must be 'weights' or 'all', got {self.penalize!r}")
+        if self.batch_size < 1 or self.epochs < 1 or self.lam < 0:
+            raise ConfigError(
+                f"need batch_size >= 1, epochs >= 1 and lam >= 0; got batch_size="
+                f"{self.batch_size}, epochs={self.epochs}, lam={self.lam}"
+            )
+
+    def _labels(self, x: torch.Tensor, labels: Any, objective: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if labels is None:
+            if getattr(objective, "needs_labels", False):
+                raise ConfigError(f"objective {objective!r} needs labels: call fit(x, labels)")
+            return x, None
+        y = torch.as_tensor(labels).long().reshape(-1)
+        if len(y) != len(x):
+            raise ConfigError(f"got {len(x)} inputs but {len(y)} labels; pass one label per input")
+        keep = y >= 0  # -1 is HDBSCAN noise: dropped
+        x, y = x[keep], y[keep]
+        bad = torch.unique(y[(y != 0) & (y != 1)])
+        if len(bad):
+            raise ConfigError(
+                f"labels must be 1 (chosen cluster), 0 (other) or -1 (dropped); found "
+                f"{bad.tolist()}; map your cluster ids to 0/1 first"
+            )
+        if self.swap:
+            y = 1 - y
+        return x, y
+
+    def _read(self, reader: SiteReader, masks: dict[str, torch.Tensor] | None, xb: torch.Tensor) -> torch.Tensor:
+        if masks is None:
+            act = reader.run(lambda: self.model(xb))
+        else:
+            act = reader.run(lambda: masked_call(self.model, masks, xb, detach=True))
+        return select_unit(act, self.unit, self.position, self.unit_dim)
+
+    def _reader(self) -> SiteReader:
+        return SiteReader(self.model, self.target, stop=self.stop_at_target, capture=self.capture, key=self.key)
+
+    def _reference(self, reader: SiteReader, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with torch.no_grad():
+            parts = [self._read(reader, None, xb.to(device)) for (xb,) in iter_batches(x, self.batch_size)]
+        return torch.cat(parts)
+
+    def _soft(self, logits: dict[str, torch.Tensor], temp: float) -> dict[str, torch.Tensor]:
+        return {n: torch.sigmoid(temp * s) for n, s in logits.items()}
+
+    def _penalty(self, soft: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros((), device=next(iter(soft.values())).device)
+        for name, m in soft.items():
+            if self.penalize == "weights" and name.rsplit(".", 1)[-1] == "bias":
+                continue
+            total = total + m.sum() * self._cover[name]
+        return self.lam * total
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self, x: torch.Tensor, labels: Any = None, *, x_val: torch.Tensor | None = None,
+        labels_val: Any = None,
+    ) -> ContinuousSparsification:
+        """Train the mask logits on ``x`` (and ``labels`` for the contrastive objective)."""
+        self._check()
+        objective = resolve_objective(self.objective)
+        device = model_device(self.model)
+        kinds = ("weight", "bias") if self.mask_bias else ("weight",)
+        params = select_parameters(self.model, self.params, kinds=kinds)
+        x, y = self._labels(torch.as_tensor(x), labels, objective)
+        if len(x) == 0:
+            raise ConfigError("no inputs left to train on (all labels were -1?)")
+        gen = torch.Generator().manual_seed(self.seed)
+        logits: dict[str, torch.Tensor] = {}
+        self._cover: dict[str, int] = {}
+        for name, p in params.items():
+            shape = p.shape[:2] if self.granularity == "kernel" and p.ndim > 2 else p.shape
+            logits[name] = torch.full(shape, float(self.s0), device=device, dtype=p.dtype, requires_grad=True)
+            self._cover[name] = p[(0,) * len(shape)].numel() if len(shape) < p.ndim else 1
+        temps = temperature_schedule(self.epochs, *self.temperature)
+        self.history_: list[dict[str, float]] = []
+        with eval_mode(self.model), self._reader() as reader:
+            ref = self._reference(reader, x, device) if getattr(objective, "needs_reference", False) else None
+            # drop parameters the target does not depend on (e.g. layers after it)
+            idx = slice(0, self.batch_size)
+            xb = x[idx].to(device)
+            act = self._read(reader, self._soft(logits, temps[0]), xb)
+            probe = objective(act, None if y is None else y[idx].to(device), None if ref is None else ref[idx])
+            grads = torch.autograd.grad(probe, list(logits.values()), allow_unused=True)
+            self.unused_ = [n for n, g in zip(logits, grads) if g is None]
+            for name in self.unused_:
+                log.info("parameter %s does not reach %s: not masked", name, self.target)
+                del logits[name]
+            if not logits:
+                raise ConfigError(f"none of the parameters selected by params={self.params!r} reaches the target")
+            opt = torch.optim.SGD(list(logits.values()), lr=self.lr, momentum=self.momentum)
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.milestones), gamma=self.gamma)
+            data = (x, y, None if ref is None else ref.cpu())
+            for epoch in tqdm(range(self.epochs), desc="mask training", disable=not self.progress):
+                temp = temps[epoch]
+                sums = [0.0, 0.0, 0]
+                for xb, yb, rb in iter_batches(data, self.batch_size, generator=gen, shuffle=True):
+                    soft = self._soft(logits, temp)
+                    act = self._read(reader, soft, xb.to(device))
+                    obj = objective(act, None if yb is None else yb.to(device), None if rb is None else rb.to(device))
+                    pen = self._penalty(soft)
+                    opt.zero_grad(set_to_none=True)
+                    (obj + pen).backward()
+                    opt.step()
+                    sums[0] += float(obj.detach()) * len(xb)
+                    sums[1] += float(pen.detach()) * len(xb)
+                    sums[2] += len(xb)
+                sched.step()
+                with torch.no_grad():
+                    kept = sum(int((s > 0).sum()) * self._cover[n] for n, s in logits.items())
+                    size = sum(int(params[n].numel()) for n in logits)
+                self.history_.append({
+                    "epoch": epoch, "temperature": temp, "objective": sums[0] / sums[2],
+                    "penalty": sums[1] / sums[2], "density": kept / size,
+                })
+            self.logits_ = {n: s.detach() for n, s in logits.items()}
+            self.masks_ = {
+                n: expand_mask(s > 0, params[n].shape).clone() for n, s in self.logits_.items()
+            }
+            self.objective_train_, self.accuracy_train_ = self._evaluate(reader, objective, x, y, ref, device)
+            self.objective_val_ = self.accuracy_val_ = float("nan")
+            if x_val is not None:
+                xv, yv = self._labels(torch.as_tensor(x_val), labels_val, objective)
+                rv = self._reference(reader, xv, device) if ref is not None else None
+                self.objective_val_, self.accuracy_val_ = self._evaluate(reader, objective, xv, yv, rv, device)
+        self.result_ = masks_to_dataset(self.masks_, attrs=self._attrs(objective))
+        return self
+
+    def _evaluate(self, reader: SiteReader, objective: Any, x: torch.Tensor, y: torch.Tensor | None,
+                  ref: torch.Tensor | None, device: torch.device) -> tuple[float, float]:
+        """Objective (and, for contrastive, accuracy of ``logit > 0``) with the binary mask."""
+        with torch.no_grad():
+            acts = [self._read(reader, self.masks_, xb.to(device)) for (xb,) in iter_batches(x, self.batch_size)]
+            act = torch.cat(acts)
+            out = objective(act, None if y is None else y.to(device), None if ref is None else ref.to(device))
+        acc = float("nan")
+        if isinstance(objective, Contrastive) and y is not None:
+            acc = float(((objective.logits(act) > 0).long().cpu() == y.cpu()).float().mean())
+        return float(out), acc
+
+    def _attrs(self, objective: Any) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            "method": "continuous_sparsification",
+            "target": str(self.target), "unit": -1 if self.unit is None else int(self.unit),
+            "position": str(self.position), "objective": getattr(objective, "name", repr(objective)),
+            "swap": bool(self.swap), "lam": float(self.lam), "s0": float(self.s0),
+            "temperature_start": float(self.temperature[0]), "temperature_end": float(self.temperature[1]),
+            "epochs": int(self.epochs), "lr": float(self.lr), "batch_size": int(self.batch_size),
+            "granularity": self.granularity, "seed": int(self.seed),
+            "objective_train": self.objective_train_,
+            "objective_val": self.objective_val_,
+            "accuracy_train": self.accuracy_train_, "accuracy_val": self.accuracy_val_,
+        }
+        return attrs
+
+    # ------------------------------------------------------------------ use
+    def _fitted(self) -> None:
+        if not hasattr(self, "masks_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(x, labels) first")
+
+    def activations(self, x: torch.Tensor, *, masked: bool = True) -> torch.Tensor:
+        """The target unit's activation on ``x`` with the binary mask (or without)."""
+        self._fitted()
+        device = model_device(self.model)
+        with eval_mode(self.model), self._reader() as reader, torch.no_grad():
+            parts = [
+                self._read(reader, self.masks_ if masked else None, xb.to(device))
+                for (xb,) in iter_batches(torch.as_tensor(x), self.batch_size)
+            ]
+        return torch.cat(parts)
+
+    def score(self, x: torch.Tensor, labels: Any = None) -> float:
+        """The objective on ``x`` with the binary mask (lower is better)."""
+        self._fitted()
+        objective = resolve_objective(self.objective)
+        xs, ys = self._labels(torch.as_tensor(x), labels, objective)
+        device = model_device(self.model)
+        with eval_mode(self.model), self._reader() as reader:
+            ref = self._reference(reader, xs, device) if getattr(objective, "needs_reference", False) else None
+            return self._evaluate(reader, objective, xs, ys, ref, device)[0]
+
+    def save(self, store: Any, name: str) -> None:
+        """Write ``result_`` to an ``ActivationStore`` as result ``name``."""
+        self._fitted()
+        store.write_result(name, self.result_, attrs=dict(self.result_.attrs))
+
+    def __repr__(self) -> str:
+        return (
+            f"ContinuousSparsification(target={self.target!r}, unit={self.unit}, "
+            f"objective={self.objective!r}, lam={self.lam}, epochs={self.epochs})"
+        )

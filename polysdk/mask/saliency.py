@@ -1,0 +1,362 @@
+"""Pruning saliencies for one target unit: the circuit-pruning baselines of seed 000.
+
+The *target* is the unit's activation map collapsed to one number: ``"sum_abs"``
+(sum of ``|a|`` over inputs and positions) or ``"max"`` (the max over positions of
+each input, summed over inputs). Scores are per weight, per kernel ``[out, in]`` or
+per filter ``[out]``; biases are never scored (they stay unmasked). ``scores_`` are
+normalised by their global sum, and :meth:`masks_for` keeps one global top-k across
+layers; densities count the scored elements that reach the target (non-zero first
+score, ``n_reachable_``), as circuit pruning does::
+
+    snip = SNIP(alexnet, "features.10", unit=255, params="features.*").fit(images)
+    masks = snip.masks_for(0.05)                    # {param: bool mask of its shape}
+    force = FORCE(alexnet, "features.10", unit=255, params="features.*", density=0.05).fit(images)
+    ActGrad(alexnet, "features.10", unit=255, structure="kernel").fit(images).scores_
+
+* ``ActGrad``: kernel ``(o, i)``: ``sum_images mean_positions |c_oi * dT/dz_o|`` with
+  ``c_oi`` the map kernel ``(o, i)`` adds to output channel ``o``; filter ``o``:
+  ``sum_images mean_positions |z_o * dT/dz_o|``.
+* ``SNIP``: ``|w * dT/dw|`` with ``T`` the target summed over all inputs; kernel or
+  filter structure averages ``|w * dT/dw|`` over the kernel (filter).
+* ``FORCE``: iterative SNIP through a mask ``m`` (score ``|dT/dm|``, non-zero for a
+  pruned weight too, so it may come back) over ``steps`` rounds keeping
+  ``k_t = ceil(exp(t/T log K + (1 - t/T) log N))`` elements, ``t = 1..T``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from polysdk.errors import ConfigError, NotFittedError
+from polysdk.mask._core import (
+    Position,
+    SiteReader,
+    eval_mode,
+    expand_mask,
+    iter_batches,
+    masked_call,
+    model_device,
+    select_parameters,
+    select_unit,
+)
+from polysdk.mask.io import layer_of
+from polysdk.sites import Hooks, SiteSpec, TensorKey, unwrap_model
+
+__all__ = ["FORCE", "SNIP", "ActGrad", "collapse_target", "force_schedule", "structure_scores", "topk_masks"]
+
+Structure = Literal["weight", "kernel", "filter"]
+
+
+def collapse_target(act: torch.Tensor, reduce: str = "sum_abs") -> torch.Tensor:
+    """The unit's map ``[batch, *positions]`` collapsed to one number.
+
+    >>> collapse_target(torch.tensor([[1.0, -3.0], [2.0, 0.5]]), "sum_abs")
+    tensor(6.5000)
+    >>> collapse_target(torch.tensor([[1.0, -3.0], [2.0, 0.5]]), "max")
+    tensor(3.)
+    """
+    if reduce == "sum_abs":
+        return act.abs().sum()
+    if reduce == "max":
+        return act.reshape(len(act), -1).amax(1).sum()
+    raise ConfigError(f"reduce must be 'sum_abs' or 'max', got {reduce!r}")
+
+
+def structure_scores(score: torch.Tensor, structure: Structure) -> torch.Tensor:
+    """Average per-weight scores over each kernel (``[O, I]``) or filter (``[O]``)."""
+    if structure == "weight" or score.ndim <= {"kernel": 2, "filter": 1}[structure]:
+        return score
+    keep = 2 if structure == "kernel" else 1
+    return score.reshape(*score.shape[:keep], -1).mean(-1)
+
+
+def topk_masks(scores: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """One global top-``k`` over every score tensor: ``{name: bool, score's shape}``.
+
+    >>> m = topk_masks({"a": torch.tensor([3.0, 1.0]), "b": torch.tensor([2.0, 0.5])}, 2)
+    >>> m["a"].tolist(), m["b"].tolist()
+    ([True, False], [True, False])
+    """
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1).float() for n in names])
+    if not 0 <= k <= flat.numel():
+        raise ConfigError(f"k={k} is outside 0..{flat.numel()} (the number of scored elements)")
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[torch.topk(flat, k, sorted=False).indices] = True
+    out, start = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = keep[start : start + size].reshape(scores[n].shape)
+        start += size
+    return out
+
+
+def force_schedule(n_total: int, n_keep: int, steps: int) -> list[int]:
+    """FORCE's exponential schedule of kept counts (``t = 1..steps``), ending at ``n_keep``.
+
+    >>> force_schedule(1000, 10, 2)
+    [100, 10]
+    """
+    if not 0 < n_keep <= n_total or steps < 1:
+        raise ConfigError(f"need 0 < n_keep <= n_total and steps >= 1, got {n_keep}, {n_total}, {steps}")
+    out = []
+    for t in range(1, steps + 1):
+        value = math.exp(t / steps * math.log(n_keep) + (1 - t / steps) * math.log(n_total))
+        out.append(min(n_total, math.ceil(value - 1e-9)))
+    return out
+
+
+class _Saliency:
+    """Shared parameters, fitting loop and mask making of the saliency methods."""
+
+    structure: str = "weight"
+
+    def __init__(
+        self,
+        model: Any,
+        target: SiteSpec,
+        unit: int | None = None,
+        *,
+        position: Position = None,
+        unit_dim: int | None = None,
+        params: SiteSpec | Sequence[SiteSpec] = "**",
+        reduce: Literal["sum_abs", "max"] = "sum_abs",
+        batch_size: int = 32,
+        stop_at_target: bool = True,
+        capture: Literal["output", "input"] = "output",
+        key: TensorKey = None,
+        progress: bool = False,
+    ) -> None:
+        self.model = model
+        self.target = target
+        self.unit = unit
+        self.position = position
+        self.unit_dim = unit_dim
+        self.params = params
+        self.reduce = reduce
+        self.batch_size = batch_size
+        self.stop_at_target = stop_at_target
+        self.capture = capture
+        self.key = key
+        self.progress = progress
+
+    def _reader(self) -> SiteReader:
+        return SiteReader(self.model, self.target, stop=self.stop_at_target, capture=self.capture, key=self.key)
+
+    def _params(self) -> dict[str, nn.Parameter]:
+        return select_parameters(self.model, self.params, kinds=("weight",), min_ndim=2)
+
+    def _target(self, act: torch.Tensor) -> torch.Tensor:
+        return collapse_target(select_unit(act, self.unit, self.position, self.unit_dim), self.reduce)
+
+    def _finish(self, raw: dict[str, torch.Tensor]) -> None:
+        raw = {n: s for n, s in raw.items() if bool((s > 0).any())}
+        if not raw:
+            raise ConfigError(
+                f"every score is zero: no selected weight (params={self.params!r}) reaches "
+                f"{self.target!r} unit {self.unit} on these inputs"
+            )
+        self.total_score_ = float(sum(float(s.sum()) for s in raw.values()))
+        self.scores_ = {n: (s / self.total_score_).cpu() for n, s in raw.items()}
+        if not hasattr(self, "n_reachable_"):
+            self.n_reachable_ = sum(int((s > 0).sum()) for s in self.scores_.values())
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "scores_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(x) first")
+
+    def n_keep(self, density: float) -> int:
+        """Elements kept at ``density`` of the reachable ones (at least 1)."""
+        if not 0 < density <= 1:
+            raise ConfigError(f"density must be in (0, 1], got {density}")
+        return max(1, math.ceil(density * self.n_reachable_ - 1e-9))
+
+    def masks_for(self, density: float | None = None, *, k: int | None = None, x: Any = None) -> dict[str, torch.Tensor]:
+        """Binary masks of each scored parameter's shape keeping the global top-k
+        (``k``, or ``density`` of ``n_reachable_``)."""
+        self._check_fitted()
+        if k is None:
+            if density is None:
+                raise ConfigError("give density= or k=")
+            k = self.n_keep(density)
+        shapes = dict(self._params())
+        picked = topk_masks(self.scores_, min(k, sum(s.numel() for s in self.scores_.values())))
+        return {n: expand_mask(m, shapes[n].shape).clone() for n, m in picked.items()}
+
+
+class _MaskGradient(_Saliency):
+    """SNIP and FORCE: scores are ``|dT/dm|`` through a per-weight mask ``m``."""
+
+    def __init__(self, *args: Any, structure: Structure = "weight", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.structure = structure
+
+    def _mask_scores(self, x: Any, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if self.structure not in ("weight", "kernel", "filter"):
+            raise ConfigError(f"structure must be 'weight', 'kernel' or 'filter', got {self.structure!r}")
+        device = model_device(self.model)
+        params = self._params()
+        grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+        with eval_mode(self.model), self._reader() as reader:
+            for batch in tqdm(iter_batches(x, self.batch_size), disable=not self.progress, desc=type(self).__name__):
+                xb = batch[0].to(device)
+                m = {
+                    n: (expand_mask(masks[n].to(device), p.shape).to(p.dtype) if masks is not None and n in masks
+                        else torch.ones_like(p)).detach().requires_grad_(True)
+                    for n, p in params.items()
+                }
+                act = reader.run(lambda: masked_call(self.model, m, xb, detach=True))
+                target = self._target(act)
+                got = torch.autograd.grad(target, list(m.values()), allow_unused=True)
+                for n, g in zip(m, got):
+                    if g is not None:
+                        grads[n] += g.float()
+        return {n: structure_scores(g.abs(), self.structure) for n, g in grads.items()}
+
+
+class SNIP(_MaskGradient):
+    """SNIP saliency ``|w * dT/dw|`` of every weight (or kernel/filter average).
+
+    >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> s = SNIP(net, "2", unit=0).fit(torch.randn(8, 3))
+    >>> round(sum(float(v.sum()) for v in s.scores_.values()), 6)
+    1.0
+    """
+
+    def fit(self, x: Any) -> SNIP:
+        self._finish(self._mask_scores(x))
+        return self
+
+
+class FORCE(_MaskGradient):
+    """FORCE: iterative SNIP with an exponential schedule, to ``density`` of the
+    reachable elements in ``steps`` rounds. ``masks_`` is the final mask; pruned
+    weights are re-scored each round and may come back.
+    """
+
+    def __init__(self, *args: Any, density: float = 0.1, steps: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.density = density
+        self.steps = steps
+
+    def fit(self, x: Any) -> FORCE:
+        for attr in ("n_reachable_", "scores_"):
+            self.__dict__.pop(attr, None)
+        self._finish(self._mask_scores(x))
+        shapes = self._params()
+        self.schedule_ = force_schedule(self.n_reachable_, self.n_keep(self.density), self.steps)
+        self.history_: list[dict[str, float]] = []
+        for k in self.schedule_:
+            picked = topk_masks(self.scores_, k)
+            prev = picked
+            raw = self._mask_scores(x, {n: expand_mask(m, shapes[n].shape) for n, m in picked.items()})
+            raw = {n: raw[n] for n in self.scores_}
+            total = float(sum(float(s.sum()) for s in raw.values())) or 1.0
+            self.scores_ = {n: (s / total).cpu() for n, s in raw.items()}
+            self.total_score_ = total
+            self.history_.append({"kept": k, "target_grad_mass": total})
+        self.masks_ = self.masks_for(k=self.schedule_[-1])
+        self.revived_ = sum(
+            int((self.masks_[n] & ~expand_mask(prev[n], shapes[n].shape)).sum()) for n in self.masks_
+        )
+        return self
+
+    def masks_for(self, density: float | None = None, *, k: int | None = None, x: Any = None) -> dict[str, torch.Tensor]:
+        """Top-k of the final round's scores; for another ``density`` pass ``x`` to
+        run FORCE again at that density (FORCE's mask depends on its schedule)."""
+        if density is not None and x is not None and density != self.density:
+            other = FORCE(self.model, self.target, self.unit, position=self.position, unit_dim=self.unit_dim,
+                          params=self.params, reduce=self.reduce, batch_size=self.batch_size,
+                          stop_at_target=self.stop_at_target, capture=self.capture, key=self.key,
+                          progress=self.progress, structure=self.structure, density=density, steps=self.steps)
+            return other.fit(x).masks_
+        return super().masks_for(density, k=k)
+
+
+class ActGrad(_Saliency):
+    """ActGrad saliency per kernel (``structure="kernel"``) or per filter.
+
+    Scored layers must be ``nn.Conv2d`` (``groups=1``) or ``nn.Linear``; for a
+    linear layer a kernel is one weight.
+    """
+
+    def __init__(self, *args: Any, structure: Literal["kernel", "filter"] = "kernel",
+                 max_chunk_elements: int = 2**25, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.structure = structure
+        self.max_chunk_elements = max_chunk_elements
+
+    def fit(self, x: Any) -> ActGrad:
+        if self.structure not in ("kernel", "filter"):
+            raise ConfigError(f"ActGrad structure must be 'kernel' or 'filter', got {self.structure!r}")
+        device = model_device(self.model)
+        params = self._params()
+        named = dict(unwrap_model(self.model).named_modules())
+        layers = {layer_of(n): named[layer_of(n)] for n in params}
+        for name, mod in layers.items():
+            conv_ok = isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
+            if not (isinstance(mod, nn.Linear) or conv_ok):
+                raise ConfigError(
+                    f"ActGrad scores nn.Conv2d (groups=1, zero padding) and nn.Linear layers; {name!r} is "
+                    f"{type(mod).__name__}: narrow params= to such layers"
+                )
+        inputs: dict[str, torch.Tensor] = {}
+        outputs: dict[str, torch.Tensor] = {}
+
+        def keep_input(site: str, t: torch.Tensor) -> None:
+            inputs[site] = t.detach()
+
+        def keep_output(site: str, t: torch.Tensor) -> torch.Tensor:
+            outputs[site] = t
+            return t.clone()  # later in-place ops (ReLU(inplace=True)) must not rebase t
+
+        raw = {f"{n}.weight": None for n in layers}
+        in_hooks = Hooks(self.model, list(layers), keep_input, capture="input")
+        out_hooks = Hooks(self.model, list(layers), keep_output)
+        with eval_mode(self.model), in_hooks, out_hooks, self._reader() as reader:
+            for batch in tqdm(iter_batches(x, self.batch_size), disable=not self.progress, desc="ActGrad"):
+                inputs.clear()
+                outputs.clear()
+                xb = batch[0].to(device)
+                act = reader.run(lambda: self.model(xb))
+                target = self._target(act)
+                ran = [n for n in layers if n in outputs]
+                grads = torch.autograd.grad(target, [outputs[n] for n in ran], allow_unused=True)
+                for name, g in zip(ran, grads):
+                    if g is None:
+                        continue
+                    score = self._layer_score(layers[name], inputs[name], outputs[name].detach(), g)
+                    key = f"{name}.weight"
+                    raw[key] = score if raw[key] is None else raw[key] + score
+        self._finish({n: s for n, s in raw.items() if s is not None})
+        return self
+
+    def _layer_score(self, mod: nn.Module, xin: torch.Tensor, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Summed over the batch: kernel scores ``[O, I]`` or filter scores ``[O]``."""
+        if self.structure == "filter":
+            return (z * g).abs().reshape(z.shape[0], z.shape[1], -1).mean(-1).sum(0)
+        w = mod.weight.detach()
+        if isinstance(mod, nn.Linear):
+            # contribution of weight (o, i) on input b is x_bi w_oi; its gradient g_bo
+            xin2, g2 = xin.reshape(-1, xin.shape[-1]), g.reshape(-1, g.shape[-1])
+            return w.abs() * (g2.abs().t() @ xin2.abs())
+        out_c, in_c = w.shape[:2]
+        # every kernel's own map: a grouped conv, output channel i * O + o = conv(x_i, w_oi)
+        w_edges = w.transpose(0, 1).reshape(in_c * out_c, 1, *w.shape[2:])
+        per_item = in_c * out_c * z.shape[2] * z.shape[3]
+        chunk = max(1, self.max_chunk_elements // max(per_item, 1))
+        total = torch.zeros(out_c, in_c, device=w.device, dtype=torch.float32)
+        for start in range(0, xin.shape[0], chunk):
+            xc, gc = xin[start : start + chunk], g[start : start + chunk]
+            edges = F.conv2d(xc, w_edges, None, mod.stride, mod.padding, mod.dilation, groups=in_c)
+            edges = edges.reshape(len(xc), in_c, out_c, *edges.shape[2:])
+            prod = (edges * gc[:, None]).abs().mean(dim=(3, 4)).sum(0)  # [I, O]
+            total += prod.t().float()
+        return total

@@ -1,0 +1,189 @@
+"""``UnitMask``: remove chosen units at a site, and keep them removed while training.
+
+Two ways to remove a unit:
+
+* ``mode="activation"`` (default): a hook zeroes the units in the site's output on
+  every forward pass, so they stay zero however the model trains; detaching gives
+  them back.
+* ``mode="parameter"`` (seed 004's pruning): zero the entries of the site module's
+  ``weight`` (and ``bias``, ``zero_bias=True``) that write the units, e.g. the gain of
+  the LayerNorm that writes residual dimensions. While attached, a gradient mask keeps
+  their gradient at zero and, when ``optimizer`` is given, they are re-zeroed after
+  each ``optimizer.step()`` (weight decay or momentum cannot move them). ``regrow=True``
+  zeroes once and lets them regrow (the original code's behaviour). The zeros stay
+  after ``detach()`` (it is pruning) unless ``restore=True``.
+
+>>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+>>> with UnitMask(net, "0", units=[1]):
+...     net(torch.ones(1, 2))[0, 1].item()
+0.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from polysdk.errors import ConfigError
+from polysdk.mask._core import _unit_axis
+from polysdk.sites import HookedComponent, SiteSpec, TensorKey
+
+__all__ = ["UnitMask"]
+
+
+class UnitMask(HookedComponent):
+    """Zero ``units`` at ``site`` (see the module docstring for the two modes).
+
+    Parameters
+    ----------
+    model, site : the model and one site (a module name, glob or module).
+    units : indices along the unit axis (``unit_dim``; ``None``: 1 for 2-D, 4-D and
+        5-D tensors, else the last axis) or, in parameter mode, along the first axis of
+        the module's ``weight`` and ``bias``.
+    mode : ``"activation"`` or ``"parameter"``.
+    regrow : parameter mode only: do not hold the zeros during training.
+    zero_bias : parameter mode: zero the bias entries too.
+    optimizer : parameter mode: re-zero after each of its steps while attached.
+    restore : parameter mode: put the original values back on ``detach()``.
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    >>> with torch.no_grad():
+    ...     _ = net[1].bias.fill_(0.5)
+    >>> pruned = UnitMask(net, "1", units=[0, 2], mode="parameter").attach()
+    >>> net[1].weight.tolist(), net[1].bias.tolist()
+    ([0.0, 1.0, 0.0, 1.0], [0.0, 0.5, 0.0, 0.5])
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        site: SiteSpec,
+        units: Sequence[int] | torch.Tensor,
+        *,
+        mode: Literal["activation", "parameter"] = "activation",
+        unit_dim: int | None = None,
+        regrow: bool = False,
+        zero_bias: bool = True,
+        optimizer: torch.optim.Optimizer | None = None,
+        restore: bool = False,
+        capture: Literal["output", "input"] = "output",
+        key: TensorKey = None,
+    ) -> None:
+        super().__init__(model, site, capture=capture, key=key)
+        if len(self.site_names) != 1:
+            raise ConfigError(f"UnitMask takes one site; {site!r} matches {self.site_names}")
+        if mode not in ("activation", "parameter"):
+            raise ConfigError(f"mode must be 'activation' or 'parameter', got {mode!r}")
+        if regrow and mode == "activation":
+            raise ConfigError(
+                "regrow=True applies to mode='parameter' (zero the weights once and let them "
+                "train); a hook in mode='activation' holds the units at zero by construction"
+            )
+        self.units = [int(u) for u in (units.tolist() if isinstance(units, torch.Tensor) else units)]
+        self.mode = mode
+        self.unit_dim = unit_dim
+        self.regrow = regrow
+        self.zero_bias = zero_bias
+        self.optimizer = optimizer
+        self.restore = restore
+        self._on = False
+        self._handles: list[RemovableHandle] = []
+        self._saved: dict[str, torch.Tensor] = {}
+        if mode == "parameter":
+            self._targets()  # fail early on a module without weights or out-of-range units
+
+    # ---------------------------------------------------------------- activation
+    def hook(self, site: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        dim = _unit_axis(tensor, self.unit_dim)
+        self._check_range(tensor.shape[dim], f"axis {dim} of {site!r}")
+        idx = torch.as_tensor(self.units, device=tensor.device, dtype=torch.long)
+        return tensor.index_fill(dim, idx, 0.0)
+
+    def _check_range(self, size: int, where: str) -> None:
+        bad = [u for u in self.units if not -size <= u < size]
+        if bad:
+            raise ConfigError(f"units {bad} are out of range for {where} of size {size}")
+
+    # ---------------------------------------------------------------- parameter
+    def _targets(self) -> dict[str, torch.nn.Parameter]:
+        module = self.modules[self.site_names[0]]
+        names = ("weight", "bias") if self.zero_bias else ("weight",)
+        found = {n: getattr(module, n) for n in names if isinstance(getattr(module, n, None), torch.nn.Parameter)}
+        if "weight" not in found:
+            raise ConfigError(
+                f"mode='parameter' needs a module with a weight parameter; {self.site_names[0]!r} "
+                f"is {type(module).__name__}: name the LayerNorm/Linear/Conv that writes the units"
+            )
+        for n, p in found.items():
+            self._check_range(p.shape[0], f"{self.site_names[0]}.{n}")
+        return found
+
+    def _keep(self, p: torch.Tensor) -> torch.Tensor:
+        keep = torch.ones(p.shape[0], dtype=p.dtype, device=p.device)
+        keep[self.units] = 0
+        return keep.reshape(-1, *([1] * (p.ndim - 1)))
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        """Set the removed entries back to zero (parameter mode)."""
+        for p in self._targets().values():
+            p[self.units] = 0
+
+    def _attach_parameters(self) -> None:
+        params = self._targets()
+        with torch.no_grad():
+            for n, p in params.items():
+                self._saved[n] = p[self.units].detach().clone()
+                p[self.units] = 0
+        if self.regrow:
+            return
+        for p in params.values():
+            keep = self._keep(p)
+            self._handles.append(p.register_hook(lambda g, keep=keep: g * keep))
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self.enforce()))
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def attached(self) -> bool:
+        return self._on
+
+    def attach(self) -> UnitMask:
+        if self._on:
+            return self
+        if self.mode == "activation":
+            super().attach()
+        else:
+            try:
+                self._attach_parameters()
+            except BaseException:
+                self._release()
+                raise
+        self._on = True
+        return self
+
+    def _release(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def detach(self) -> None:
+        super().detach()
+        self._release()
+        if self._saved and self.restore:
+            with torch.no_grad():
+                for n, p in self._targets().items():
+                    if n in self._saved:
+                        p[self.units] = self._saved[n].to(p.device)
+        self._saved = {}
+        self._on = False
+
+    def __enter__(self) -> UnitMask:
+        return self.attach()
+
+    def __repr__(self) -> str:
+        return f"UnitMask({self.site_names[0]!r}, units={self.units[:8]}{'...' if len(self.units) > 8 else ''}, mode={self.mode!r})"
