@@ -1,0 +1,214 @@
+"""On-disk layout of an activation store: codecs, input conversion, the commit record.
+
+The commit record is the root ``zarr.json`` holding *consolidated metadata*. Plain
+xarray (``open_zarr(path, group=site)``, ``open_datatree``) takes every array's shape
+from it, so writing it last -- atomically, with a temp file and ``os.replace`` -- makes
+the chunks written before it visible all at once, and nothing written after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polysdk.errors import StoreError
+
+#: Default codec, chosen by ``benchmarks/store_codecs.py`` (see docs/benchmarks/store.md).
+DEFAULT_CODEC = "zstd:1"
+#: Target bytes of one chunk when ``chunk_samples`` is None (chosen per site).
+TARGET_CHUNK_BYTES = 8 * 2**20
+MAX_AUTO_CHUNK_SAMPLES = 4096
+RESULTS = "results"
+STAGING = ".staging"  # hidden: never part of the commit record
+ROOT_META = "zarr.json"
+
+
+# ----------------------------------------------------------------------------- codecs
+def make_compressors(codec: Any) -> tuple[Any, ...] | None:
+    """Turn a codec spec into zarr ``compressors``.
+
+    Accepted: ``None``/``"none"`` (raw), ``"zstd"``/``"zstd:LEVEL"``,
+    ``"blosc-lz4"``/``"blosc-lz4:LEVEL"``, ``"blosc-zstd:LEVEL"``, ``"gzip:LEVEL"``, or
+    zarr codec objects (one or a list), passed through unchanged.
+    """
+    import zarr.codecs as zc
+
+    if codec is None:
+        return None
+    if not isinstance(codec, str):
+        return tuple(codec) if isinstance(codec, (list, tuple)) else (codec,)
+    m = re.fullmatch(r"([a-z0-9-]+)(?::(-?\d+))?", codec.strip().lower())
+    name, level = (m.group(1), m.group(2)) if m else (codec, None)
+    lvl = None if level is None else int(level)
+    if name in ("none", "raw"):
+        return None
+    if name == "zstd":
+        return (zc.ZstdCodec(level=1 if lvl is None else lvl),)
+    if name.startswith("blosc-") and name[6:] in ("lz4", "lz4hc", "zstd", "zlib", "blosclz"):
+        return (zc.BloscCodec(cname=name[6:], clevel=5 if lvl is None else lvl, shuffle="shuffle"),)
+    if name == "gzip":
+        return (zc.GzipCodec(level=5 if lvl is None else lvl),)
+    raise StoreError(
+        f"unknown codec {codec!r}; use None/'none', 'zstd[:level]', 'blosc-lz4[:level]', "
+        "'blosc-zstd[:level]', 'gzip[:level]' or a zarr codec object"
+    )
+
+
+def codec_label(codec: Any) -> str:
+    """A JSON-friendly description of a codec spec (for the store's attrs)."""
+    return "none" if codec is None else codec if isinstance(codec, str) else repr(codec)
+
+
+# ----------------------------------------------------------------------------- inputs
+def to_numpy(x: Any) -> tuple[np.ndarray, str | None]:
+    """Return an owned numpy copy of ``x`` and the source dtype name if it was changed.
+
+    torch is never imported here: tensors are recognised by their type's module, so a
+    process that has no torch loaded pays nothing. ``bfloat16`` has no numpy dtype and
+    is stored as ``float32`` (a lossless upcast); the returned name records that.
+    """
+    mod = type(x).__module__
+    if mod.startswith("torch") and "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if isinstance(x, torch.Tensor):
+            t = x.detach()
+            source = None
+            if t.dtype == torch.bfloat16:
+                t, source = t.to(torch.float32), "bfloat16"
+            on_cpu = t.device.type == "cpu" and source is None
+            arr = t.cpu().numpy()
+            return (arr.copy() if on_cpu else arr), source
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        arr = arr.astype(str)
+    return np.array(arr, copy=True), None
+
+
+def default_dims(ndim: int) -> tuple[str, ...]:
+    """Dims used when ``append`` gets none: (sample,), (sample, unit),
+    (sample, position, unit) or (sample, unit, y, x)."""
+    table = {
+        1: ("sample",),
+        2: ("sample", "unit"),
+        3: ("sample", "position", "unit"),
+        4: ("sample", "unit", "y", "x"),
+    }
+    if ndim not in table:
+        raise StoreError(f"cannot guess dim names for a {ndim}-d array; pass dims=...")
+    return table[ndim]
+
+
+def auto_chunk_samples(sample_shape: tuple[int, ...], itemsize: int) -> int:
+    """Samples per chunk so that one chunk holds about ``TARGET_CHUNK_BYTES``."""
+    per_sample = max(1, int(np.prod(sample_shape, dtype=np.int64)) * itemsize)
+    return int(max(1, min(MAX_AUTO_CHUNK_SAMPLES, TARGET_CHUNK_BYTES // per_sample)))
+
+
+def check_name(name: str, what: str) -> str:
+    """Validate a site or result name usable as a Zarr group path."""
+    parts = name.split("/") if isinstance(name, str) else [""]
+    bad = (
+        not isinstance(name, str)
+        or not name
+        or any(p in ("", ".", "..") or p.startswith(".") or p == ROOT_META for p in parts)
+    )
+    if what == "site" and not bad and ("/" in name or name == RESULTS):
+        bad = True
+    if bad:
+        raise StoreError(
+            f"invalid {what} name {name!r}: use non-empty parts without a leading '.'"
+            + (", without '/' and not 'results'" if what == "site" else " separated by '/'")
+        )
+    return name
+
+
+# ----------------------------------------------------------------------------- commit record
+def read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def atomic_write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` to ``path`` so that readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def _node_entries(root: Path, rel: str) -> Iterable[tuple[str, dict[str, Any]]]:
+    """Yield (path, metadata) of the node at ``rel`` and every node below it."""
+    meta_file = root / rel / ROOT_META
+    if not meta_file.exists():
+        return
+    meta = read_json(meta_file)
+    meta.pop("consolidated_metadata", None)
+    if meta.get("node_type") == "group":
+        meta["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": {}}
+    yield rel, meta
+    if meta.get("node_type") != "group":
+        return
+    for child in sorted(os.listdir(root / rel)):
+        if not child.startswith(".") and (root / rel / child).is_dir():
+            yield from _node_entries(root, f"{rel}/{child}")
+
+
+def write_commit_record(
+    root: Path,
+    attrs: Mapping[str, Any],
+    sites: Iterable[str],
+    n_samples: int,
+    exclude_results: Iterable[str] = (),
+) -> None:
+    """Atomically write the root metadata consolidating the committed state.
+
+    Every array of a site group gets ``shape[0] = n_samples`` whatever its own
+    ``zarr.json`` says (it may already be larger: chunks beyond are not committed).
+    Groups under ``results/`` are listed except ``exclude_results`` (and their insides).
+    """
+    metadata: dict[str, Any] = {}
+    for site in sites:
+        for path, meta in _node_entries(root, site):
+            if meta.get("node_type") == "array":
+                meta["shape"] = [int(n_samples), *meta["shape"][1:]]
+            metadata[path] = meta
+    excluded = {f"{RESULTS}/{r}" for r in exclude_results}
+    for path, meta in _node_entries(root, RESULTS):
+        if not any(path == e or path.startswith(e + "/") for e in excluded):
+            metadata[path] = meta
+    doc = {
+        "attributes": dict(attrs),
+        "zarr_format": 3,
+        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": metadata},
+        "node_type": "group",
+    }
+    atomic_write_json(root / ROOT_META, doc)
+
+
+def read_commit_record(root: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Return (root attrs, consolidated metadata by path), or None if never committed."""
+    doc = read_json(root / ROOT_META)
+    cons = doc.get("consolidated_metadata")
+    if not isinstance(cons, dict):
+        return None
+    return doc.get("attributes", {}), cons.get("metadata", {})
+
+
+def result_names(metadata: Mapping[str, Any]) -> list[str]:
+    """Names of committed results (groups marked by ``write_result``)."""
+    prefix = RESULTS + "/"
+    return sorted(
+        p[len(prefix):]
+        for p, m in metadata.items()
+        if p.startswith(prefix)
+        and m.get("node_type") == "group"
+        and "polysdk_result" in m.get("attributes", {})
+    )

@@ -1,0 +1,204 @@
+"""Background writer of an activation store: a thread fed by a bounded queue.
+
+Batches are buffered per site so that whole chunks are written (no read-modify-write
+of partial chunks except once per ``flush``). A batch is committed -- made visible by
+the commit record -- only once every site has all of its samples on disk.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """How to create one array of a site group (shape along sample starts at 0)."""
+
+    dims: tuple[str, ...]
+    trailing: tuple[int, ...]
+    dtype: str  # numpy dtype name, or "string"
+    chunk_samples: int
+    compressors: Any = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """One ``append`` call: per site, per variable, arrays of ``n`` samples."""
+
+    data: dict[str, dict[str, np.ndarray]]
+    n: int
+    create: dict[str, dict[str, ArraySpec]] | None = None
+
+
+@dataclass
+class _Flush:
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+_STOP = object()
+
+
+class Writer:
+    """Owns the zarr arrays of every site; runs ``commit(n, sites)`` after writes.
+
+    ``written`` is where each site's arrays end on disk; ``start`` is the committed
+    sample count the writer resumes from.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        start: int,
+        sites: list[str],
+        commit: Callable[[int, list[str]], None],
+        max_queue: int,
+    ) -> None:
+        self.root = root
+        self.commit = commit
+        self.error: BaseException | None = None
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(max_queue)))
+        self._arrays: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, list[dict[str, np.ndarray]]] = {}
+        self._pending_n: dict[str, int] = {}
+        self._written: dict[str, int] = {}
+        self._ends: deque[int] = deque()
+        self._total = start
+        self._committed = start
+        for site in sites:
+            self._open_site(site)
+            self._written[site] = start
+        self._thread = threading.Thread(target=self._run, name="polysdk-store-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producer side
+    def put(self, item: Batch) -> None:
+        """Queue a batch; blocks only while ``max_queue`` batches are waiting."""
+        self._q.put(item)
+
+    def flush(self) -> None:
+        """Write everything queued and commit it; returns when done (or failed)."""
+        if not self._thread.is_alive():
+            return
+        f = _Flush()
+        self._q.put(f)
+        f.done.wait()
+
+    def stop(self) -> None:
+        """Flush, then end the thread."""
+        if self._thread.is_alive():
+            self.flush()
+            self._q.put(_STOP)
+            self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _STOP:
+                return
+            try:
+                if self.error is None:  # after a failure, drain (never block producers)
+                    if isinstance(item, _Flush):
+                        self._flush_all()
+                    else:
+                        self._handle(item)
+            except BaseException as exc:  # re-raised to the caller as WriterError
+                self.error = exc
+            finally:
+                if isinstance(item, _Flush):
+                    item.done.set()
+
+    def _open_site(self, site: str) -> None:
+        import zarr
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g = zarr.open_group(store=str(self.root / site), mode="r+", use_consolidated=False)
+            self._arrays[site] = {name: arr for name, arr in g.arrays()}
+        self._pending[site] = []
+        self._pending_n[site] = 0
+
+    def _create_site(self, site: str, specs: dict[str, ArraySpec]) -> None:
+        import zarr
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g = zarr.open_group(store=str(self.root / site), mode="w")
+            arrays = {}
+            for name, s in specs.items():
+                arrays[name] = g.create_array(
+                    name,
+                    shape=(0, *s.trailing),
+                    chunks=(s.chunk_samples, *s.trailing),
+                    dtype=str if s.dtype == "string" else s.dtype,
+                    compressors=s.compressors,
+                    dimension_names=s.dims,
+                    attributes=s.attrs,
+                )
+        self._arrays[site] = arrays
+        self._pending[site] = []
+        self._pending_n[site] = 0
+        self._written[site] = self._total
+
+    def _handle(self, batch: Batch) -> None:
+        if batch.create:
+            for site, specs in batch.create.items():
+                self._create_site(site, specs)
+        for site, data in batch.data.items():
+            self._pending[site].append(data)
+            self._pending_n[site] += batch.n
+        self._total += batch.n
+        self._ends.append(self._total)
+        for site in batch.data:
+            chunk = next(iter(self._arrays[site].values())).chunks[0]
+            end = self._written[site] + self._pending_n[site]
+            whole = end // chunk * chunk
+            if whole > self._written[site]:
+                self._write(site, whole - self._written[site])
+        self._maybe_commit()
+
+    def _write(self, site: str, k: int) -> None:
+        """Write the first ``k`` pending samples of ``site`` and keep the rest pending."""
+        pieces = self._pending[site]
+        start = self._written[site]
+        stop = start + k
+        rest: dict[str, np.ndarray] = {}
+        for name, arr in self._arrays[site].items():
+            data = pieces[0][name] if len(pieces) == 1 else np.concatenate([p[name] for p in pieces])
+            if arr.shape[0] != stop:
+                arr.resize((stop, *arr.shape[1:]))
+            arr[start:stop] = data[:k]
+            rest[name] = data[k:]
+        left = self._pending_n[site] - k
+        self._pending[site] = [rest] if left else []
+        self._pending_n[site] = left
+        self._written[site] = stop
+
+    def _maybe_commit(self) -> None:
+        done = min(self._written.values()) if self._written else self._total
+        upto = self._committed
+        while self._ends and self._ends[0] <= done:
+            upto = self._ends.popleft()
+        if upto > self._committed:
+            self.commit(upto, list(self._arrays))
+            self._committed = upto
+
+    def _flush_all(self) -> None:
+        for site, n in self._pending_n.items():
+            if n:
+                self._write(site, n)
+        self._maybe_commit()

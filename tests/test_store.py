@@ -1,0 +1,273 @@
+"""Unit tests of polysdk.store.ActivationStore (layer 2)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from polysdk.errors import StoreError, StoreSchemaError, WriterError
+from polysdk.store import ActivationStore
+
+SITES = {"features.6": ("sample", "unit"), "blocks.0.mlp.hook_post": ("sample", "position", "unit")}
+
+
+def _open_zarr(path, group):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(path, group=group)
+
+
+def _batch(i: int, n: int = 3):
+    """Deterministic batch i: values encode (batch, sample, unit) so they can be checked."""
+    a = (i * 100 + np.arange(n)[:, None] * 10 + np.arange(4)[None, :]).astype("f4")
+    b = np.broadcast_to(a[:, None, :2], (n, 5, 2)).copy()
+    coords = {
+        "label": np.full(n, i, dtype=np.int64),
+        "name": np.array([f"b{i}s{j}" for j in range(n)]),
+        "tokens": np.array([[f"t{i}{j}{p}" for p in range(5)] for j in range(n)]),
+    }
+    return {"features.6": a, "blocks.0.mlp.hook_post": b}, coords
+
+
+@pytest.fixture()
+def path(tmp_path):
+    return tmp_path / "acts.zarr"
+
+
+def test_roundtrip_plain_xarray(path):
+    with ActivationStore(path, mode="w", chunk_samples=4, attrs={"model": "toy"}) as store:
+        for i in range(5):
+            arrays, coords = _batch(i)
+            store.append(arrays, dims=SITES, coords=coords)
+        store.flush()
+        assert store.n_samples == 15
+        assert store.sites == list(SITES)
+    ds = _open_zarr(path, "features.6")
+    want = np.concatenate([_batch(i)[0]["features.6"] for i in range(5)])
+    np.testing.assert_array_equal(ds["activation"].values, want)
+    assert ds["activation"].dims == ("sample", "unit")
+    np.testing.assert_array_equal(ds["sample"].values, np.arange(15))
+    np.testing.assert_array_equal(ds["label"].values, np.repeat(np.arange(5), 3))
+    assert list(ds["name"].values[:4]) == ["b0s0", "b0s1", "b0s2", "b1s0"]
+    assert ds["tokens"].dims == ("sample", "position")
+    assert str(ds["tokens"].values[4, 2]) == "t112"
+    # dask chunks along sample equal the zarr chunks
+    assert ds["activation"].chunks[0] == (4, 4, 4, 3)
+    b = _open_zarr(path, "blocks.0.mlp.hook_post")["activation"]
+    assert b.dims == ("sample", "position", "unit") and b.shape == (15, 5, 2)
+    tree = xr.open_datatree(path, engine="zarr")
+    assert {"features.6", "blocks.0.mlp.hook_post"} <= set(tree.children)
+    assert tree.attrs["model"] == "toy" and tree.attrs["n_samples"] == 15
+    root = json.loads((path / "zarr.json").read_text())
+    assert root["consolidated_metadata"]["metadata"]["features.6/activation"]["shape"] == [15, 4]
+
+
+def test_store_api_views_and_attrs(path):
+    with ActivationStore(path, mode="w", chunk_samples=2, attrs={"model": "toy"}) as store:
+        arrays, coords = _batch(0)
+        store.append(arrays, dims=SITES, coords=coords)
+        da = store["features.6"]  # flushes pending batches first
+        assert isinstance(da, xr.DataArray) and da.name == "activation"
+        assert da.chunks is not None  # lazy, dask-backed
+        np.testing.assert_array_equal(da.values, arrays["features.6"])
+        assert "label" in da.coords
+        assert isinstance(store.open("features.6"), xr.Dataset)
+        assert isinstance(store.open(), xr.DataTree)
+        a = store.attrs
+        assert a["model"] == "toy" and a["polysdk"]["versions"]["zarr"]
+        assert a["polysdk"]["chunk_samples"] == 2 and "created" in a["polysdk"]
+    r = ActivationStore(path)  # default mode is read-only
+    assert r.n_samples == 3 and "features.6" in r
+    with pytest.raises(StoreError, match="read-only"):
+        r.append(arrays, dims=SITES, coords=coords)
+    with pytest.raises(StoreError, match="features.6"):
+        r.open("features.7")
+
+
+def test_torch_tensors_and_bfloat16(path):
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4).requires_grad_()
+    h = torch.tensor([[1.5, -2.25]] * 3, dtype=torch.bfloat16)
+    f16 = torch.full((3, 2), 0.5, dtype=torch.float16)
+    with ActivationStore(path, mode="w") as store:
+        store.append({"a": x * 1, "b": h, "c": f16}, coords={"label": torch.tensor([1, 2, 3])})
+    r = ActivationStore(path)
+    np.testing.assert_array_equal(r["a"].values, np.arange(12).reshape(3, 4))
+    assert r["b"].dtype == np.float32 and r["b"].attrs["source_dtype"] == "bfloat16"
+    np.testing.assert_array_equal(r["b"].values, [[1.5, -2.25]] * 3)
+    assert r["c"].dtype == np.float16
+    np.testing.assert_array_equal(r["a"]["label"].values, [1, 2, 3])
+
+
+def test_input_copied_at_append(path):
+    buf = np.zeros((2, 3), "f4")
+    with ActivationStore(path, mode="w", chunk_samples=8) as store:
+        store.append({"s": buf})
+        buf[:] = 7  # caller reuses its buffer
+        store.append({"s": buf})
+    np.testing.assert_array_equal(ActivationStore(path)["s"].values, [[0] * 3] * 2 + [[7] * 3] * 2)
+
+
+def test_modes(path):
+    with pytest.raises(StoreError, match="acts.zarr"):
+        ActivationStore(path, mode="r")
+    with pytest.raises(StoreError, match="acts.zarr"):
+        ActivationStore(path, mode="a")
+    ActivationStore(path, mode="w-").close()
+    with pytest.raises(StoreError, match="already exists"):
+        ActivationStore(path, mode="w-")
+    with ActivationStore(path, mode="a") as s:
+        s.append({"s": np.ones((2, 2))})
+    with ActivationStore(path, mode="w") as s:  # "w" replaces
+        assert s.n_samples == 0
+    other = path.parent / "notastore"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    with pytest.raises(StoreError, match="not a Zarr store"):
+        ActivationStore(other, mode="w")
+    assert (other / "precious.txt").exists()
+
+
+def test_append_resumes(path):
+    with ActivationStore(path, mode="w", chunk_samples=4) as s:
+        s.append({"s": np.arange(6.0).reshape(3, 2)}, coords={"y": np.arange(3)})
+    with ActivationStore(path, mode="a") as s:
+        assert s.n_samples == 3
+        s.append({"s": np.arange(6.0, 10.0).reshape(2, 2)}, coords={"y": np.arange(3, 5)})
+    ds = _open_zarr(path, "s")
+    np.testing.assert_array_equal(ds["activation"].values, np.arange(10.0).reshape(5, 2))
+    np.testing.assert_array_equal(ds["y"].values, np.arange(5))
+    np.testing.assert_array_equal(ds["sample"].values, np.arange(5))
+
+
+@pytest.mark.parametrize(
+    "arrays, dims, coords, match",
+    [
+        ({"s": np.ones((2, 5), "f4")}, None, {"y": np.arange(2)}, r"'s'.*expected \(4,\), got \(5,\)"),
+        ({"s": np.ones((2, 4), "f8")}, None, {"y": np.arange(2)}, "dtype expected float32, got float64"),
+        ({"s": np.ones((2, 4), "f4")}, {"s": ("sample", "channel")}, {"y": np.arange(2)}, "dims expected"),
+        ({"s": np.ones((2, 4), "f4"), "t": np.ones((2, 4), "f4")}, None, {"y": np.arange(2)}, "sites differ"),
+        ({"s": np.ones((2, 4), "f4")}, None, None, "coordinates differ"),
+        ({"s": np.ones((2, 4), "f4")}, None, {"y": np.array(["a", "b"])}, "coordinate 'y': dtype"),
+        ({"s": np.ones((2, 4), "f4")}, None, {"y": np.arange(3)}, "3"),
+        ({"s": np.ones((2, 4), "f4")}, {"s": ("unit", "sample")}, {"y": np.arange(2)}, "first being 'sample'"),
+    ],
+)
+def test_schema_errors(path, arrays, dims, coords, match):
+    with ActivationStore(path, mode="w") as store:
+        store.append({"s": np.ones((3, 4), "f4")}, coords={"y": np.arange(3)})
+        with pytest.raises(StoreSchemaError, match=match):
+            store.append(arrays, dims=dims, coords=coords)
+        store.flush()
+        assert store.n_samples == 3
+    assert ActivationStore(path).n_samples == 3  # the bad batch left no trace
+
+
+def test_coord_cast_same_kind(path):
+    with ActivationStore(path, mode="w") as s:
+        s.append({"s": np.ones((2, 1))}, coords={"y": np.arange(2, dtype=np.int64)})
+        s.append({"s": np.ones((2, 1))}, coords={"y": np.arange(2, dtype=np.int32)})
+    assert ActivationStore(path)["s"]["y"].dtype == np.int64
+
+
+def test_writer_error_propagates(path, monkeypatch):
+    store = ActivationStore(path, mode="w", chunk_samples=2)
+    store.append({"s": np.ones((2, 2))})
+    store.flush()
+    boom = RuntimeError("disk on fire")
+
+    def fail(*a, **k):
+        raise boom
+
+    monkeypatch.setattr(store._writer, "_write", fail)
+    store.append({"s": np.ones((2, 2))})  # queued fine; fails in the thread
+    with pytest.raises(WriterError, match="disk on fire") as info:
+        store.flush()
+    assert info.value.__cause__ is boom
+    with pytest.raises(WriterError):
+        store.append({"s": np.ones((2, 2))})
+    with pytest.raises(WriterError):
+        store.close()
+    assert ActivationStore(path).n_samples == 2  # only the good batch committed
+
+
+def test_bounded_queue_blocks_producer(path, monkeypatch):
+    import threading
+    import time
+
+    store = ActivationStore(path, mode="w", chunk_samples=1, max_queue=2)
+    gate = threading.Event()
+    real = store._writer._write
+
+    def slow(*a, **k):
+        gate.wait()
+        return real(*a, **k)
+
+    monkeypatch.setattr(store._writer, "_write", slow)
+    done = []
+
+    def produce():
+        for i in range(6):
+            store.append({"s": np.full((1, 1), i)})
+            done.append(i)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    time.sleep(0.3)
+    # 1 batch held by the writer + 2 queued; the producer waits on the 4th put
+    assert len(done) == 3
+    gate.set()
+    t.join(5)
+    store.close()
+    np.testing.assert_array_equal(ActivationStore(path)["s"].values.ravel(), np.arange(6))
+
+
+def test_results_roundtrip_and_replace(path):
+    with ActivationStore(path, mode="w") as store:
+        store.append({"features.6": np.ones((2, 3), "f4")})
+        assert store.list_results() == []
+        ds = xr.Dataset({"score": ("unit", np.array([0.1, 0.5, 0.9]))}, attrs={"a": 1})
+        store.write_result("hdbscan/features.6", ds, attrs={"min_cluster_size": 5})
+        store.write_result("toy", xr.Dataset({"loss": ("step", np.arange(4.0))}))
+        got = store.read_result("hdbscan/features.6")
+        np.testing.assert_array_equal(got["score"].values, [0.1, 0.5, 0.9])
+        assert got.attrs == {"a": 1, "min_cluster_size": 5}
+        store.write_result("hdbscan/features.6", ds * 2)
+        np.testing.assert_array_equal(store.read_result("hdbscan/features.6")["score"].values, [0.2, 1.0, 1.8])
+        assert store.list_results() == ["hdbscan/features.6", "toy"]
+        with pytest.raises(StoreError, match="nests"):
+            store.write_result("hdbscan", ds)
+        with pytest.raises(StoreError, match="toyy"):
+            store.read_result("toyy")
+        with pytest.raises(StoreError, match="invalid result name"):
+            store.write_result("../x", ds)
+    plain = _open_zarr(path, "results/hdbscan/features.6")
+    np.testing.assert_array_equal(plain["score"].values, [0.2, 1.0, 1.8])
+    assert ActivationStore(path).list_results() == ["hdbscan/features.6", "toy"]
+    assert not any((path / ".staging").iterdir())
+
+
+def test_result_staged_is_invisible(path):
+    """A result being written (still in staging) is not part of the commit record."""
+    with ActivationStore(path, mode="w") as store:
+        store.append({"s": np.ones((2, 3), "f4")})
+    stage = path / ".staging" / "x"
+    xr.Dataset({"v": ("u", np.ones(2))}).to_zarr(stage, zarr_format=3, consolidated=False)
+    tree = xr.open_datatree(path, engine="zarr")
+    assert set(tree.children) == {"s"}
+    with ActivationStore(path, mode="a") as store:  # resume cleans staging
+        assert store.list_results() == []
+    assert not stage.exists()
+
+
+def test_docstring_example():
+    import doctest
+
+    import polysdk.store._store as mod
+
+    res = doctest.testmod(mod, verbose=False)
+    assert res.attempted >= 3 and res.failed == 0
