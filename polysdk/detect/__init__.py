@@ -11,5 +11,11 @@ Built-ins: ``class_selectivity`` (seed 001), ``hdbscan`` (seed 000), ``concept_s
 """
 
 from polysdk.detect.base import Detector, available_detectors, get_detector_class, register
+from polysdk.detect.class_selectivity import ClassSelectivity
+from polysdk.detect.concept_ranking import ConceptRanking
+from polysdk.detect.concept_sets import ConceptSets
+from polysdk.detect.hdbscan_clusters import HDBSCANClusters
 
-__all__ = ["Detector", "register", "available_detectors", "get_detector_class"]
+__all__ = ["Detector", "register", "available_detectors", "get_detector_class",
+           "ClassSelectivity", "HDBSCANClusters", "ConceptSets",
+           "ConceptRanking"]

@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "polysdk.detectors"
 _REGISTRY: dict[str, type["Detector"]] = {}
-_ENTRY_POINTS_LOADED = False
 
 D = TypeVar("D", bound=type["Detector"])
 
@@ -88,7 +87,9 @@ def _register(name: str | None, cls: Any, overwrite: bool) -> Any:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"detector name must be a non-empty string, got {name!r}.")
     old = _REGISTRY.get(name)
-    if old is not None and old is not cls and not overwrite:
+    same = old is not None and old.__qualname__ == cls.__qualname__ and \
+        old.__module__ == cls.__module__  # a module reload
+    if old is not None and old is not cls and not (overwrite or same):
         raise ConfigError(f"detector name {name!r} is already registered to "
                           f"{old.__module__}.{old.__qualname__}; choose another name or pass "
                           "overwrite=True.")
@@ -98,14 +99,11 @@ def _register(name: str | None, cls: Any, overwrite: bool) -> Any:
     return cls
 
 
-def _load_entry_points() -> None:
-    """Import detectors advertised under the ``polysdk.detectors`` entry-point group."""
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
+def _load_entry_points(only: str | None = None) -> None:
+    """Register detectors advertised under the ``polysdk.detectors`` entry-point group
+    (all of them, or only the one called ``only``) that are not registered yet."""
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
+        if ep.name in _REGISTRY or (only is not None and ep.name != only):
             continue
         try:
             obj = ep.load()
@@ -127,7 +125,11 @@ def available_detectors() -> list[str]:
 def get_detector_class(name: str) -> type["Detector"]:
     """The class registered as ``name``; unknown names raise :class:`ConfigError`."""
     if name not in _REGISTRY:
-        _load_entry_points()
+        _load_entry_points(name)
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        _load_entry_points()  # for the list of known names
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -1,0 +1,288 @@
+"""``ConceptSets``: a unit is polysemantic when it is active on two or more named sets of
+texts (seed 003: Fortran code, Spanish poetry, medical text, gibberish), with a per-token
+check that shows when a set's activation comes from one shallow token (a "medical"
+neuron that only fires on ".")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from polysdk.detect._stream import as_dask, grouped_sum, label_codes
+from polysdk.detect.base import Detector, register
+from polysdk.errors import ConfigError, DetectorInputError
+
+__all__ = ["ConceptSets"]
+
+
+@register("concept_sets")
+class ConceptSets(Detector):
+    """Concept-set activity from per-token activations (seed 003).
+
+    Input: a DataArray (``sample``, ``position``, ``unit``), one sample per text, with a
+    per-sample coordinate naming each text's set (``set_coord``, default ``"concept"``),
+    optionally a (``sample``, ``position``) ``token`` coordinate (token strings or ids)
+    and a boolean ``mask`` coordinate (False at padding). :meth:`record` builds it from
+    a model and a tokenizer. A (``sample``, ``unit``) input is read as one token per text.
+
+    A unit's activation on a text is its mean over the text's (unmasked) positions; on a
+    set, the mean over the set's texts (``aggregate="max"``: their max). It is *active*
+    on a set when it is among the set's ``top_n`` units (100, as the seed) or, with
+    ``threshold`` set, when its set activation exceeds it. Polysemantic: active on two or
+    more sets (``min_sets``), or on exactly ``exactly`` sets (the seed used 2).
+
+    Token check: for every unit active on some set, each token type's share of the
+    unit's positive activation mass on that set (per text, sum over that type's
+    positions / text length, averaged over the set's texts). ``top_token`` and
+    ``top_token_share`` name the type that carries most; ``shallow`` marks active
+    (unit, set) pairs where one type carries at least ``shallow_share`` of it. With
+    ``exclude_shallow=True`` such sets do not count towards polysemanticity.
+
+    Attributes
+    ----------
+    result_ : xr.Dataset
+        ``set_activation``, ``set_rank`` (1 = highest), ``active``, ``top_token``,
+        ``top_token_share``, ``shallow`` (all unit x set); ``n_sets``; ``score`` (the
+        number of counted sets); ``polysemantic``; and, with ``keep_tokens``,
+        ``token_activation`` (sample, position, poly_unit) for the polysemantic units
+        (see :meth:`heatmap`).
+
+    Examples
+    --------
+    >>> from polysdk.data import make_planted_concepts
+    >>> pc = make_planted_concepts(seed=0)  # 8 content units per set
+    >>> det = ConceptSets(top_n=8, exclude_shallow=True).fit(pc.activations)
+    >>> bool((det.result_["polysemantic"].values == pc.polysemantic).all())
+    True
+    """
+
+    needs_labels = True
+    extra_dims = ("position",)
+    _checks_finite_itself = True
+
+    def __init__(self, top_n: int = 100, threshold: float | None = None,
+                 aggregate: str = "mean", min_sets: int = 2, exactly: int | None = None,
+                 sets: Sequence[str] | None = None, set_coord: str = "concept",
+                 token_coord: str = "token", mask_coord: str = "mask",
+                 shallow_share: float = 0.5, exclude_shallow: bool = False,
+                 keep_tokens: bool = True):
+        self.top_n = top_n
+        self.threshold = threshold
+        self.aggregate = aggregate
+        self.min_sets = min_sets
+        self.exactly = exactly
+        self.sets = sets
+        self.set_coord = set_coord
+        self.token_coord = token_coord
+        self.mask_coord = mask_coord
+        self.shallow_share = shallow_share
+        self.exclude_shallow = exclude_shallow
+        self.keep_tokens = keep_tokens
+
+    @property
+    def label_coord(self) -> str:  # type: ignore[override]
+        return self.set_coord
+
+    # ------------------------------------------------------------------ record
+    @staticmethod
+    def record(model: Any, tokenizer: Any, sets: Mapping[str, Sequence[str]], site: str,
+               batch_size: int = 8, max_length: int | None = None) -> xr.DataArray:
+        """Record per-token activations at ``site`` for named sets of texts.
+
+        Uses :class:`polysdk.probe.Probe` (in memory). ``tokenizer(texts,
+        return_tensors="pt", padding=True)`` must return ``input_ids`` and
+        ``attention_mask`` (Hugging Face style); the model is called with both. Returns
+        the (sample, position, unit) DataArray :meth:`fit` expects, with coords
+        ``concept``, ``token`` (strings when the tokenizer can convert ids) and ``mask``.
+        """
+        from polysdk.probe import Probe
+
+        names, texts = [], []
+        if not sets:
+            raise DetectorInputError("sets is empty; pass {'set name': [text, ...], ...}.")
+        for name, items in sets.items():
+            items = [items] if isinstance(items, str) else list(items)
+            if not items:
+                raise DetectorInputError(
+                    f"concept set {name!r} has no texts; give it at least one text or drop it "
+                    "from sets.")
+            names += [name] * len(items)
+            texts += items
+        kw: dict[str, Any] = {"return_tensors": "pt", "padding": True}
+        if max_length:
+            kw.update(truncation=True, max_length=max_length)
+        enc = tokenizer(texts, **kw)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        labels = np.asarray(names)
+        batches = [{"input_ids": ids[s: s + batch_size], "attention_mask": mask[s: s + batch_size],
+                    "_set": labels[s: s + batch_size]} for s in range(0, len(texts), batch_size)]
+
+        def forward(m: Any, b: Mapping[str, Any]) -> Any:
+            return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+
+        def coords(b: Mapping[str, Any]) -> dict[str, Any]:
+            return {"concept": b["_set"], "mask": b["attention_mask"].bool()}
+
+        out = Probe(model, site, reduce="none").run(batches, forward=forward, coords=coords,
+                                                    progress=False)
+        acts = next(iter(out.values()))
+        if "position" not in acts.dims:
+            raise DetectorInputError(f"site {site!r} gave dims {acts.dims}, with no 'position'; "
+                                     "choose a site with per-token outputs.")
+        tok = np.asarray(ids)
+        if hasattr(tokenizer, "convert_ids_to_tokens"):
+            tok = np.array([tokenizer.convert_ids_to_tokens(r) for r in tok.tolist()])
+        return acts.assign_coords(token=(("sample", "position"), tok))
+
+    # ------------------------------------------------------------------ fit
+    def _validate(self) -> None:
+        if self.aggregate not in ("mean", "max"):
+            raise ConfigError(f"aggregate={self.aggregate!r} must be 'mean' or 'max'.")
+        if self.threshold is None and int(self.top_n) < 1:
+            raise ConfigError(f"top_n={self.top_n!r} must be >= 1 (or set threshold=).")
+        if self.exactly is None and int(self.min_sets) < 2:
+            raise ConfigError(f"min_sets={self.min_sets!r} must be >= 2.")
+        if not 0.0 < float(self.shallow_share) <= 1.0:
+            raise ConfigError(f"shallow_share={self.shallow_share!r} must be in (0, 1].")
+
+    def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None,
+                **_: Any) -> xr.Dataset:
+        self._validate()
+        acts = as_dask(activations)
+        if "position" not in acts.dims:
+            acts = acts.expand_dims(position=1)
+        acts = acts.transpose("sample", "position", "unit")
+        n_units = acts.sizes["unit"]
+        if self.sets is not None:
+            present = set(np.asarray(labels.values).tolist())
+            empty = [s for s in self.sets if s not in present]
+            if empty:
+                raise DetectorInputError(
+                    f"concept set(s) {empty} have no texts in the activations (sets present: "
+                    f"{sorted(present)}); record texts for them or drop them from sets=.")
+        codes, set_names = label_codes(labels, self.sets)
+        if self.threshold is None and int(self.top_n) > n_units:
+            raise DetectorInputError(f"top_n={self.top_n} but the site has only {n_units} "
+                                     f"units; pass top_n<={n_units}.")
+        mask = self._mask(acts)
+        length = mask.sum(1)
+        if (length == 0).any():
+            bad = np.flatnonzero(length == 0)[:5].tolist()
+            raise DetectorInputError(f"texts at samples {bad} have no unmasked tokens; drop them "
+                                     "or fix the mask coordinate.")
+        m = da.from_array(mask.astype(np.float64), chunks=(acts.data.chunks[0], -1))
+        x = acts.data.rechunk({1: -1, 2: -1}) if acts.data.chunks[1:] != ((acts.sizes["position"],), (n_units,)) else acts.data
+        m = m.rechunk((x.chunks[0], -1))
+        masked = da.where(m[:, :, None] > 0, x, 0.0)
+        text_mean = masked.sum(1) / length[:, None]  # (sample, unit)
+        n_sets = len(set_names)
+        n_texts = np.bincount(codes[codes >= 0], minlength=n_sets).astype(float)
+        if self.aggregate == "mean":
+            agg = grouped_sum(text_mean, codes, n_sets)
+        else:
+            c = da.from_array(codes, chunks=(text_mean.chunks[0],))
+            agg = da.stack([da.where((c == s)[:, None], text_mean, -np.inf).max(0)
+                            for s in range(n_sets)])
+        (set_act,) = self.check_finite(acts, extra=[agg])
+        set_act = np.asarray(set_act, dtype=np.float64)
+        if self.aggregate == "mean":
+            set_act = set_act / n_texts[:, None]
+        set_act = set_act.T  # (unit, set)
+        order = np.argsort(-set_act, axis=0, kind="stable")
+        rank = np.empty_like(order)
+        rank[order, np.arange(n_sets)[None, :]] = np.arange(1, n_units + 1)[:, None]
+        if self.threshold is None:
+            active = rank <= int(self.top_n)
+        else:
+            active = set_act > float(self.threshold)
+        # ---- token check for every unit active somewhere
+        sel = np.flatnonzero(active.any(1))
+        top_token = np.full((n_units, n_sets), "", dtype=object)
+        share = np.full((n_units, n_sets), np.nan)
+        tokens = self._tokens(acts)
+        sub = None
+        if sel.size:
+            (sub,) = self._compute(x[:, :, sel])
+            sub = np.where(mask[:, :, None], np.asarray(sub, dtype=np.float64), 0.0)
+            types, tok_codes = np.unique(tokens, return_inverse=True)
+            tok_codes = tok_codes.reshape(tokens.shape)
+            for s in range(n_sets):
+                rows = np.flatnonzero(codes == s)
+                w = (mask[rows] / length[rows, None] / len(rows)).ravel()  # per position
+                tc = tok_codes[rows].ravel()
+                vals = sub[rows].reshape(-1, sel.size)
+                for j, u in enumerate(sel):
+                    contrib = np.bincount(tc, weights=vals[:, j] * w, minlength=len(types))
+                    pos = np.clip(contrib, 0.0, None)
+                    total = pos.sum()
+                    if total > 0:
+                        best = int(np.argmax(pos))
+                        top_token[u, s] = str(types[best])
+                        share[u, s] = pos[best] / total
+        shallow = active & (np.nan_to_num(share, nan=0.0) >= float(self.shallow_share))
+        counted = active & ~shallow if self.exclude_shallow else active
+        n_counted = counted.sum(1)
+        if self.exactly is not None:
+            poly = n_counted == int(self.exactly)
+        else:
+            poly = n_counted >= int(self.min_sets)
+        ds = xr.Dataset({
+            "score": ("unit", n_counted.astype(float)),
+            "polysemantic": ("unit", poly),
+            "n_sets": ("unit", active.sum(1).astype(np.int64)),
+            "set_activation": (("unit", "set"), set_act),
+            "set_rank": (("unit", "set"), rank.astype(np.int64)),
+            "active": (("unit", "set"), active),
+            "top_token": (("unit", "set"), top_token.astype(str)),
+            "top_token_share": (("unit", "set"), share),
+            "shallow": (("unit", "set"), shallow),
+            "texts_per_set": ("set", n_texts.astype(np.int64)),
+        }, coords={"set": np.asarray(set_names)})
+        if self.keep_tokens and sub is not None and poly.any():
+            keep = np.flatnonzero(poly)
+            cols = np.searchsorted(sel, keep)
+            unit_vals = acts["unit"].values[keep] if "unit" in acts.coords else keep
+            ds["token_activation"] = xr.DataArray(
+                np.where(mask[:, :, None], sub[:, :, cols], np.nan),
+                dims=("sample", "position", "poly_unit"),
+                coords={"poly_unit": unit_vals,
+                        "text_set": ("sample", np.asarray(labels.values)),
+                        "token": (("sample", "position"), tokens.astype(str))})
+        return ds
+
+    def _mask(self, acts: xr.DataArray) -> np.ndarray:
+        if self.mask_coord in acts.coords:
+            m = acts.coords[self.mask_coord]
+            if set(m.dims) != {"sample", "position"}:
+                raise DetectorInputError(f"coordinate {self.mask_coord!r} has dims {m.dims}; "
+                                         "it must be (sample, position).")
+            return np.asarray(m.transpose("sample", "position").values, dtype=bool)
+        return np.ones((acts.sizes["sample"], acts.sizes["position"]), dtype=bool)
+
+    def _tokens(self, acts: xr.DataArray) -> np.ndarray:
+        if self.token_coord in acts.coords:
+            t = acts.coords[self.token_coord]
+            if set(t.dims) == {"sample", "position"}:
+                return np.asarray(t.transpose("sample", "position").values)
+        # no tokens recorded: every position is its own "type"
+        return np.broadcast_to(np.arange(acts.sizes["position"]).astype(str)[None, :],
+                               (acts.sizes["sample"], acts.sizes["position"]))
+
+    # ------------------------------------------------------------------ views
+    def heatmap(self, unit: int) -> xr.DataArray:
+        """Per-token activations (sample, position) of a polysemantic ``unit`` (by label).
+
+        NaN at padding; coords ``token`` and ``text_set``. Plot with
+        ``det.heatmap(u).plot(cmap="Reds")``.
+        """
+        ds = self.result_
+        if "token_activation" not in ds or unit not in ds["poly_unit"].values.tolist():
+            kept = ds["poly_unit"].values.tolist() if "poly_unit" in ds.coords else []
+            raise DetectorInputError(
+                f"no per-token activations kept for unit {unit}; kept for {kept}. Fit with "
+                "keep_tokens=True, or slice the source activations yourself.")
+        return ds["token_activation"].sel(poly_unit=unit)

@@ -1,0 +1,303 @@
+"""``HDBSCANClusters``: a unit is polysemantic when its top inputs form two or more
+clusters (seed 000: top 1000 images of an AlexNet channel, each represented by the whole
+layer's activation vector at the centre position, clustered with HDBSCAN)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from polysdk.detect._stream import as_dask, select_position, top_k_indices
+from polysdk.detect.base import Detector, register
+from polysdk.errors import ConfigError, DetectorInputError
+
+__all__ = ["HDBSCANClusters"]
+
+REPRESENTATIONS = ("layer", "site", "attribution")
+
+
+def _cluster(rows: np.ndarray, positions: np.ndarray, min_cluster_size: int,
+             params: dict[str, Any]) -> np.ndarray:
+    """Cluster each unit's top inputs; ``positions`` (k, units) index into ``rows``."""
+    import hdbscan
+
+    out = np.empty(positions.shape, dtype=np.int64)
+    for j in range(positions.shape[1]):
+        x = np.asarray(rows[positions[:, j]], dtype=np.float64)
+        if np.ptp(x, axis=0).max(initial=0.0) == 0.0:  # all identical: one blob, no split
+            out[:, j] = -1
+            continue
+        out[:, j] = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size,
+                                    **params).fit_predict(x)
+    return out
+
+
+def _gather_rows(r: Any, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(r[rows])
+
+
+@register("hdbscan")
+class HDBSCANClusters(Detector):
+    """Top-k inputs of each unit, clustered with HDBSCAN (seed 000).
+
+    Parameters
+    ----------
+    top_k : int
+        Inputs per unit, ranked by the unit's activation (1000, as the seed).
+    position : str, int, dict
+        Where the ranking activation is read on a spatial site: ``"centre"`` (default,
+        the seed), ``"max"``, ``"mean"``, an index or ``{dim: index}``.
+    representation : {"layer", "site", "attribution"}
+        What each top input is clustered by: ``"layer"`` the whole layer's activation
+        vector at that position (the seed); ``"site"`` activations at another site,
+        passed as ``fit(..., represent=store["features.3"])`` (extra dims reduced by
+        ``position`` when it is a string, else by their mean); ``"attribution"``
+        activation x gradient of the unit's (position-selected) activation at an
+        earlier site ``attribution_site``, summed over its positions; needs
+        ``fit(..., model=model, inputs=inputs)`` with ``inputs[i]`` the i-th sample.
+    min_cluster_size : int
+        HDBSCAN's ``min_cluster_size`` (50, as the seed); other HDBSCAN arguments go in
+        ``hdbscan_params`` (library defaults otherwise, as the seed).
+    attribution_site, target_site : str or None
+        For ``"attribution"``: the earlier site, and the model site of the activations
+        (default: the source's ``site`` attribute or name).
+    unit_batch : int
+        Units clustered per task (one task per batch; the tasks run on the ``client``).
+    batch_size : int
+        Inputs per forward/backward pass for ``"attribution"``.
+
+    Attributes
+    ----------
+    result_ : xr.Dataset
+        ``top_index`` (unit, rank) sample positions of each unit's top inputs, best
+        first; ``top_activation``; ``cluster`` (unit, rank) HDBSCAN label (-1 noise);
+        ``n_clusters``; ``noise_fraction``; ``top_label`` when labels are known;
+        ``score`` = ``n_clusters``; ``polysemantic`` = two or more clusters.
+
+    Examples
+    --------
+    >>> from polysdk.data import make_planted_classes
+    >>> pl = make_planted_classes(n_samples=600, n_classes=4, units_per_class=2, n_poly=2)
+    >>> det = HDBSCANClusters(top_k=100, min_cluster_size=20).fit(pl.activations)
+    >>> det.groups(int(det.polysemantic_[0])).keys()  # doctest: +SKIP
+    dict_keys([0, 1])
+    """
+
+    _checks_finite_itself = True
+
+    def __init__(self, top_k: int = 1000, position: Any = "centre",
+                 representation: str = "layer", min_cluster_size: int = 50,
+                 hdbscan_params: dict[str, Any] | None = None,
+                 attribution_site: str | None = None, target_site: str | None = None,
+                 unit_batch: int = 32, batch_size: int = 64):
+        self.top_k = top_k
+        self.position = position
+        self.representation = representation
+        self.min_cluster_size = min_cluster_size
+        self.hdbscan_params = hdbscan_params
+        self.attribution_site = attribution_site
+        self.target_site = target_site
+        self.unit_batch = unit_batch
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------ checks
+    def _validate(self, n_samples: int) -> None:
+        if self.representation not in REPRESENTATIONS:
+            raise ConfigError(f"representation={self.representation!r} is not one of "
+                              f"{REPRESENTATIONS}.")
+        if int(self.top_k) < 2:
+            raise ConfigError(f"top_k={self.top_k!r} must be an integer >= 2.")
+        if int(self.min_cluster_size) < 2 or self.min_cluster_size > self.top_k:
+            raise ConfigError(f"min_cluster_size={self.min_cluster_size!r} must be >= 2 and "
+                              f"<= top_k={self.top_k}; lower it or raise top_k.")
+        if self.top_k > n_samples:
+            raise DetectorInputError(
+                f"top_k={self.top_k} but the activations hold only {n_samples} samples; "
+                f"record more samples or pass top_k<={n_samples} (and a min_cluster_size "
+                "that fits).")
+
+    # ------------------------------------------------------------------ fit
+    def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None, *,
+                represent: Any = None, model: Any = None, inputs: Any = None,
+                **_: Any) -> xr.Dataset:
+        n = activations.sizes["sample"]
+        self._validate(n)
+        k = int(self.top_k)
+        acts = as_dask(activations)
+        a = select_position(acts, self.position)
+        rep = self._representation(a, represent, model, inputs, n)
+        idx_lazy = top_k_indices(a.data, k)
+        val_lazy = da.topk(a.data, k, axis=0)
+        idx, vals = self.check_finite(acts, extra=[idx_lazy, val_lazy])
+        idx = np.asarray(idx).T  # (unit, rank)
+        vals = np.asarray(vals).T
+        n_units = idx.shape[0]
+        params = dict(self.hdbscan_params or {})
+        clusters = np.empty_like(idx)
+        bs = max(1, int(self.unit_batch))
+        for start in tqdm(range(0, n_units, bs), desc="hdbscan", leave=False,
+                          disable=n_units <= bs):
+            units = np.arange(start, min(start + bs, n_units))
+            if self.representation == "attribution":
+                clusters[units] = self._cluster_attribution(
+                    acts, idx, units, model, inputs, params)
+                continue
+            rows = np.unique(idx[units])
+            positions = np.searchsorted(rows, idx[units].T)  # (k, units)
+            block = dask.delayed(_gather_rows)(rep, rows)
+            task = dask.delayed(_cluster)(block, positions, int(self.min_cluster_size), params)
+            (lab,) = self._compute(task)
+            clusters[units] = lab.T
+        n_clusters = np.array([len(set(c[c >= 0].tolist())) for c in clusters])
+        ds = xr.Dataset({
+            "score": ("unit", n_clusters.astype(float)),
+            "polysemantic": ("unit", n_clusters >= 2),
+            "n_clusters": ("unit", n_clusters.astype(np.int64)),
+            "noise_fraction": ("unit", (clusters < 0).mean(axis=1)),
+            "top_index": (("unit", "rank"), idx.astype(np.int64)),
+            "top_activation": (("unit", "rank"), vals.astype(np.float64)),
+            "cluster": (("unit", "rank"), clusters),
+        }, coords={"rank": np.arange(k)})
+        if labels is not None:
+            ds["top_label"] = (("unit", "rank"), np.asarray(labels.values)[idx])
+        return ds
+
+    def _representation(self, a: xr.DataArray, represent: Any, model: Any, inputs: Any,
+                        n: int) -> Any:
+        if self.representation == "layer":
+            return a.data
+        if self.representation == "site":
+            if represent is None:
+                raise DetectorInputError(
+                    "representation='site' needs the other site's activations: fit(acts, "
+                    "represent=store['<site>']).")
+            if isinstance(represent, xr.Dataset):
+                represent = represent["activation"]
+            if not isinstance(represent, xr.DataArray) or "sample" not in represent.dims:
+                raise DetectorInputError(
+                    f"represent must be a DataArray with a 'sample' dim, got "
+                    f"{type(represent).__name__} {getattr(represent, 'dims', '')}.")
+            if represent.sizes["sample"] != n:
+                raise DetectorInputError(
+                    f"represent has {represent.sizes['sample']} samples but the activations "
+                    f"have {n}; record both sites in the same run.")
+            if "unit" not in represent.dims:
+                raise DetectorInputError(f"represent has dims {represent.dims}; it needs a "
+                                         "'unit' dim.")
+            pos = self.position if isinstance(self.position, str) else "mean"
+            return select_position(as_dask(represent), pos, name="position").data
+        if model is None or inputs is None or not self.attribution_site:
+            raise DetectorInputError(
+                "representation='attribution' needs fit(acts, model=model, inputs=inputs) "
+                f"and attribution_site (got attribution_site={self.attribution_site!r}, "
+                f"model={'set' if model is not None else None}, "
+                f"inputs={'set' if inputs is not None else None}).")
+        if len(inputs) != n:
+            raise DetectorInputError(f"inputs has {len(inputs)} samples but the activations "
+                                     f"have {n}; pass the inputs the activations came from.")
+        return None
+
+    # ------------------------------------------------------------------ attribution
+    def _cluster_attribution(self, acts: xr.DataArray, idx: np.ndarray, units: np.ndarray,
+                             model: Any, inputs: Any, params: dict[str, Any]) -> np.ndarray:
+        target = self.target_site or acts.attrs.get("site") or acts.name
+        if not target or target == "activation":
+            raise DetectorInputError(
+                "representation='attribution' needs the model site of the activations; pass "
+                "target_site='features.6' (the activations carry no 'site' attribute).")
+        unit_axis = list(acts.dims).index("unit") - list(acts.dims).index("sample")
+        out = np.empty((len(units), idx.shape[1]), dtype=np.int64)
+        for j, u in enumerate(units):
+            rows = self._attribution_rows(model, inputs, idx[u], int(u), target, unit_axis)
+            out[j] = _cluster(rows, np.arange(len(rows))[:, None],
+                              int(self.min_cluster_size), params)[:, 0]
+        return out
+
+    def _attribution_rows(self, model: Any, inputs: Any, samples: np.ndarray, unit: int,
+                          target: str, unit_axis: int) -> np.ndarray:
+        from polysdk.sites import Hooks
+
+        early_site = str(self.attribution_site)
+        seen: dict[str, torch.Tensor] = {}
+
+        def fn(site: str, t: torch.Tensor) -> torch.Tensor | None:
+            if site == early_site:
+                t = t.detach().requires_grad_(True)
+                seen["early"] = t
+                return t
+            seen["target"] = t
+            return None
+
+        chunks = []
+        with Hooks(model, [early_site, target], fn), torch.enable_grad():
+            for batch in _batches(samples, int(self.batch_size)):
+                x = _gather_inputs(inputs, batch)
+                seen.clear()
+                model(x)
+                if "early" not in seen or "target" not in seen:
+                    raise DetectorInputError(
+                        f"the forward pass did not reach both {early_site!r} and {target!r}; "
+                        "check attribution_site comes before target_site in the model.")
+                y = _select_unit(seen["target"], unit_axis, unit, self.position)
+                (grad,) = torch.autograd.grad(y.sum(), seen["early"], allow_unused=True)
+                if grad is None:
+                    raise DetectorInputError(
+                        f"{target!r} does not depend on {early_site!r}; choose an "
+                        "attribution_site earlier in the model.")
+                attr = (seen["early"] * grad).detach()
+                e_axis = 1 if attr.ndim == 4 else attr.ndim - 1
+                attr = attr.movedim(e_axis, 1).reshape(attr.shape[0], attr.shape[e_axis], -1)
+                chunks.append(attr.sum(-1).cpu().numpy())
+        return np.concatenate(chunks)
+
+    # ------------------------------------------------------------------ helpers
+    def groups(self, unit: int) -> dict[int, np.ndarray]:
+        """Sample positions of ``unit``'s top inputs, per cluster (noise left out)."""
+        r = self.result_.sel(unit=self.result_["unit"][unit]) if "unit" in self.result_.coords \
+            else self.result_.isel(unit=unit)
+        lab = np.asarray(r["cluster"].values)
+        top = np.asarray(r["top_index"].values)
+        return {int(c): top[lab == c] for c in sorted(set(lab[lab >= 0].tolist()))}
+
+
+def _batches(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for s in range(0, len(items), max(1, size)):
+        yield items[s: s + size]
+
+
+def _gather_inputs(inputs: Any, batch: np.ndarray) -> torch.Tensor:
+    if isinstance(inputs, torch.Tensor):
+        return inputs[torch.as_tensor(batch)]
+    if isinstance(inputs, np.ndarray):
+        return torch.as_tensor(inputs[batch])
+    items = [inputs[int(i)] for i in batch]  # a torch Dataset: (x, y) or x
+    items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
+    return torch.stack([torch.as_tensor(it) for it in items])
+
+
+def _select_unit(t: torch.Tensor, unit_axis: int, unit: int, position: Any) -> torch.Tensor:
+    """(batch,) activation of ``unit`` at ``position`` from a site's output tensor."""
+    if unit_axis < 1 or unit_axis >= t.ndim:
+        unit_axis = 1 if t.ndim == 4 else t.ndim - 1
+    v = t.select(unit_axis, unit)
+    if v.ndim == 1:
+        return v
+    flat_dims = tuple(range(1, v.ndim))
+    if isinstance(position, str) and position.lower() in ("max", "mean", "sum"):
+        if position.lower() == "max":
+            return v.flatten(1).max(1).values
+        return getattr(v.flatten(1), position.lower())(1)
+    if isinstance(position, dict):
+        position = tuple(position.values())
+    elif isinstance(position, (int, np.integer)):
+        position = (int(position),)
+    else:  # centre
+        position = tuple(v.shape[d] // 2 for d in flat_dims)
+    return v[(slice(None), *position)]
