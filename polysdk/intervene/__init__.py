@@ -1,0 +1,28 @@
+"""Interventions: edit activations during a forward pass.
+
+>>> import torch
+>>> from polysdk.intervene import Ablate, Steer
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+>>> with Ablate(net, "1", units=[0, 3]), Steer(net, "1", torch.ones(8), scale=0.5):
+...     out = net(torch.randn(5, 4))      # hidden units 0 and 3 zeroed, then +0.5 everywhere
+
+* :class:`Ablate` -- ``method="zero" | "mean" | "resample"`` (statistics from an
+  ``ActivationStore``, a ``{site: DataArray}`` mapping, a DataArray or a tensor)
+* :class:`Patch` -- activations from another input, given values or recorded samples
+* :class:`Clamp` -- a fixed value
+* :class:`Steer` -- add ``scale * direction``
+* :class:`Compose` -- several at once, applied in the order given
+
+Every intervention is a context manager built on :class:`polysdk.sites.HookedComponent`:
+it works on plain modules, TransformerLens 4 bridges (hook names such as
+``blocks.0.mlp.hook_post``) and ``nnsight.NNsight`` wrappers, attaches on ``__enter__``
+and removes exactly its own hooks when the block ends, however it ends. On one site,
+interventions run in the order they were attached. ``units=`` picks units on the
+``unit`` axis (named as in :class:`polysdk.probe.Probe`; override with ``dims=``).
+"""
+
+from polysdk.intervene.base import Compose, Intervention
+from polysdk.intervene.edits import Ablate, Clamp, Steer
+from polysdk.intervene.patch import Patch
+
+__all__ = ["Ablate", "Clamp", "Compose", "Intervention", "Patch", "Steer"]

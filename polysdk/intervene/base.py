@@ -1,0 +1,167 @@
+"""The ``Intervention`` base class and ``Compose``, which applies several in order.
+
+An intervention edits the value of its sites during the forward pass. A subclass
+implements :meth:`Intervention.edit`, returning the new values (anything that
+broadcasts against the site's tensor); the base keeps the old values outside the
+chosen ``units`` and hands the result back through the hook layer::
+
+    with Ablate(model, "fc1", units=[3, 7]), Steer(model, "fc1", direction, scale=4.0):
+        out = model(x)          # fc1: units 3 and 7 zeroed, then the direction added
+
+On one site, interventions run in the order they were attached (the order of the
+``with`` items, or of the arguments of :class:`Compose`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from polysdk.errors import ConfigError
+from polysdk.intervene._layout import check_site_keys, per_site, site_dims, unit_mask
+from polysdk.sites import Capture, HookedComponent, SiteSpec, TensorKey
+
+__all__ = ["Compose", "Intervention"]
+
+
+class Intervention(HookedComponent):
+    """Base class: edit chosen units of chosen sites during the forward pass.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``, a TransformerLens 4 bridge or an ``nnsight.NNsight`` wrapper.
+    sites
+        Site names, globs or modules (see :func:`polysdk.sites.resolve_sites`).
+    units
+        Which units to edit: ``None`` (all), an int, a list of ints, a boolean mask over
+        the unit axis, or a ``{site: units}`` mapping.
+    dims
+        The names of the site tensor's axes, e.g. ``("sample", "position", "unit")``, or a
+        ``{site: dims}`` mapping; by default the rule of :class:`polysdk.probe.Probe`
+        (2-D ``(sample, unit)``, 3-D ``(sample, position, unit)``, 4-D
+        ``(sample, unit, y, x)``).
+    capture, key
+        Edit the module's ``"output"`` (default) or ``"input"``; ``key`` picks the tensor
+        in a tuple/dict value.
+
+    Subclasses implement ``edit(site, tensor, dims) -> Tensor`` and may override
+    ``prepare()`` (run by ``attach()`` before any hook goes on).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        sites: SiteSpec | Sequence[SiteSpec],
+        *,
+        units: Any = None,
+        dims: Any = None,
+        capture: Capture = "output",
+        key: TensorKey = None,
+    ) -> None:
+        super().__init__(model, sites, capture=capture, key=key)
+        self.units = units
+        self.dims = dims
+        check_site_keys(units, "units", self.site_names)
+        check_site_keys(dims, "dims", self.site_names)
+
+    # -- to implement ---------------------------------------------------------------
+    def edit(self, site: str, tensor: torch.Tensor, dims: tuple[str, ...]) -> torch.Tensor:
+        """Return the new values of ``tensor`` (broadcastable to its shape)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement edit()")
+
+    def prepare(self) -> None:
+        """Work done once per ``attach()``, before the hooks go on (statistics, caches)."""
+
+    # -- hook plumbing --------------------------------------------------------------
+    def hook(self, site: str, tensor: torch.Tensor) -> torch.Tensor:
+        names = site_dims(site, tensor, self.dims, self.site_names)
+        new = self.edit(site, tensor, names)
+        if not isinstance(new, torch.Tensor):
+            new = torch.as_tensor(new)
+        new = new.to(device=tensor.device, dtype=tensor.dtype)
+        units = per_site(self.units, site, "units", self.site_names)
+        mask = unit_mask(units, names, tensor.shape, tensor.device, site)
+        if mask is None:
+            mask = torch.ones((), dtype=torch.bool, device=tensor.device)
+        # torch.where builds a fresh tensor of the site's shape (never a view or an
+        # expanded tensor) and keeps the gradient of both branches.
+        return torch.where(mask, new, tensor)
+
+    def attach(self) -> Intervention:
+        if self.attached:
+            return self
+        self.prepare()
+        super().attach()
+        return self
+
+    def __enter__(self) -> Intervention:
+        return self.attach()
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return f"{type(self).__name__}(sites={self.site_names}, units={self.units!r}, {state})"
+
+
+class Compose:
+    """Attach several hooked components in a defined order, and remove them all.
+
+    The components are attached first to last, so on a shared site the first one
+    edits first; they are detached last to first. If attaching one fails, the ones
+    already attached are removed before the error propagates; detaching tries every
+    component even when one raises.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    >>> from polysdk.intervene import Clamp, Steer
+    >>> with Compose(Clamp(net, "0", 1.0), Steer(net, "0", torch.ones(3), scale=2.0)):
+    ...     net(torch.zeros(1, 2)).tolist()
+    [[3.0, 3.0, 3.0]]
+    """
+
+    def __init__(self, *components: Any) -> None:
+        if len(components) == 1 and isinstance(components[0], (list, tuple)):
+            components = tuple(components[0])
+        for c in components:
+            if not (hasattr(c, "attach") and hasattr(c, "detach")):
+                raise ConfigError(
+                    f"Compose takes components with attach()/detach() (interventions, "
+                    f"probes, regularizers); got {type(c).__name__}"
+                )
+        self.components = list(components)
+
+    @property
+    def attached(self) -> bool:
+        return any(getattr(c, "attached", False) for c in self.components)
+
+    def attach(self) -> Compose:
+        done: list[Any] = []
+        try:
+            for c in self.components:
+                c.attach()
+                done.append(c)
+        except BaseException:
+            for c in reversed(done):
+                c.detach()
+            raise
+        return self
+
+    def detach(self) -> None:
+        first_error: BaseException | None = None
+        for c in reversed(self.components):
+            try:
+                c.detach()
+            except BaseException as err:  # keep removing the others
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
+
+    def __enter__(self) -> Compose:
+        return self.attach()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        return f"Compose({', '.join(repr(c) for c in self.components)})"
