@@ -341,3 +341,23 @@ def test_config_errors(net) -> None:
         with Steer(net, "1", torch.ones(4)):
             net(torch.zeros(1, 4))
     assert n_hooks(net) == 0
+
+
+# ------------------------------------------------------- a real ActivationStore on disk
+
+
+def test_mean_ablation_and_patch_from_activation_store(net, x, tmp_path) -> None:
+    from polysdk.store import ActivationStore
+
+    data = recorded(n=12)
+    with ActivationStore(tmp_path / "acts.zarr", mode="w") as store:
+        store.append({"1": data.values[:7]}, dims={"1": ("sample", "unit")})
+        store.append({"1": data.values[7:]}, dims={"1": ("sample", "unit")})
+    store = ActivationStore(tmp_path / "acts.zarr", mode="r")
+    mean = torch.as_tensor(data.values.astype("float64").mean(0), dtype=torch.float32)
+    with Ablate(net, "1", units=[2], method="mean", source=store):
+        got = net(x)
+    assert torch.allclose(got, run_edited(net, x, lambda h: h.index_fill(1, torch.tensor([2]), float(mean[2]))), atol=1e-6)
+    with Patch(net, "1", store=store, samples=[11, 3, 8]):
+        got = net(x)
+    assert torch.allclose(got, net[4](net[3](net[2](torch.as_tensor(data.values[[11, 3, 8]])))), atol=1e-6)
