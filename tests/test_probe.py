@@ -159,3 +159,63 @@ def test_with_block_and_take():
     taken = probe.take()
     assert taken["0"].shape == (3, 2)
     assert isinstance(Probe(net, "0").run([torch.ones(1, 3)], progress=False)["0"], xr.DataArray)
+
+
+# ----------------------------------------------------------------- into a store
+
+
+def test_probe_into_store_reads_back_with_plain_xarray(tmp_path):
+    from polysdk import ActivationStore
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
+    x, y = torch.randn(22, 6), torch.arange(22) % 4
+    path = tmp_path / "acts.zarr"
+    with ActivationStore(path, mode="w", chunk_samples=8) as store:
+        Probe(net, ["0", "1"], store=store).run(batches(x, y, 5), progress=False)
+    plain = xr.open_zarr(path, group="1")
+    np.testing.assert_allclose(plain["activation"].values, net(x).detach().numpy(), rtol=1e-6)
+    assert plain["label"].values.tolist() == y.tolist()
+    tree = xr.open_datatree(path, engine="zarr")
+    assert {"0", "1"} <= set(tree.children)
+
+
+def test_interrupted_probe_resumes_without_loss_or_duplicates(tmp_path):
+    from polysdk import ActivationStore
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
+    x, y = torch.randn(30, 6), torch.arange(30)
+    data = batches(x, y, 4)
+    calls = {"n": 0}
+
+    def flaky_forward(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("interrupted")
+        return model(batch[0])
+
+    path = tmp_path / "acts.zarr"
+    store = ActivationStore(path, mode="w", chunk_samples=8)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        Probe(net, "1", store=store).run(data, forward=flaky_forward, progress=False)
+    store.close()
+    assert hook_count(net) == 0
+    assert ActivationStore(path, mode="r").n_samples == 16  # 4 whole batches committed
+
+    with ActivationStore(path, mode="a") as resumed:
+        Probe(net, "1", store=resumed).run(data, progress=False)
+    final = ActivationStore(path, mode="r")["1"]
+    assert final.label.values.tolist() == list(range(30))  # nothing lost, nothing twice
+    np.testing.assert_allclose(final.values, net(x).detach().numpy(), rtol=1e-6)
+
+
+def test_sequence_tokens_recorded_in_store(tmp_path, tl_model, tl_tokens):
+    from polysdk import ActivationStore
+
+    path = tmp_path / "tl.zarr"
+    with ActivationStore(path, mode="w") as store:
+        Probe(tl_model, "blocks.0.mlp.hook_post", store=store).run([tl_tokens], progress=False)
+    site = xr.open_zarr(path, group="blocks.0.mlp.hook_post")
+    assert site["activation"].dims == ("sample", "position", "unit")
+    assert site["token"].values.tolist() == tl_tokens.tolist()

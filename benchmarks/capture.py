@@ -1,0 +1,252 @@
+"""Capture benchmark: what recording activations costs, side by side in one run.
+
+Methods, each over the same batches, each in a fresh subprocess (clean peak RSS):
+
+  (a) bare      forward only
+  (b) polysdk   Probe -> ActivationStore (background writer, Zarr v3)
+  (c) list      plain forward hooks appending to a Python list
+  (d) tl_cache  TransformerLens ``run_with_cache`` (transformer only)
+  (e) nnsight   ``nnsight`` trace with ``.save()``
+  (f) zarr_sync plain hooks writing Zarr synchronously (what one writes by hand)
+
+Usage::
+
+    python benchmarks/capture.py                      # both models, the default size
+    python benchmarks/capture.py --model tl --batches 48
+    python benchmarks/capture.py --out-of-core 6      # polysdk at growing sizes up to 6 GB
+
+Prints time as a ratio to (a), MB/s of activations, the peak RSS of the process and
+its growth during the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+METHODS = ["bare", "polysdk", "list", "tl_cache", "nnsight", "zarr_sync"]
+TL_SITES = [f"blocks.{i}.mlp.hook_post" for i in range(4)]
+CNN_SITES = ["features.3", "features.6", "features.8"]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(model_kind: str):
+    import torch
+
+    torch.manual_seed(0)
+    if model_kind == "tl":
+        from transformer_lens.model_bridge.sources.native import TransformerBridgeConfig, boot
+
+        cfg = TransformerBridgeConfig(
+            d_model=256, d_head=32, n_heads=8, n_layers=4, n_ctx=128, d_vocab=4096,
+            act_fn="solu_ln", d_mlp=1024,
+        )
+        model = boot(cfg).eval()
+
+        def batch(i: int):
+            return torch.randint(0, 4096, (16, 128), generator=torch.Generator().manual_seed(i))
+
+        return model, TL_SITES, batch
+    from torch import nn
+
+    model = nn.Sequential()
+    model.add_module(
+        "features",
+        nn.Sequential(
+            nn.Conv2d(3, 64, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(128, 192, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(192, 128, 3, padding=1), nn.ReLU(),
+        ),
+    )
+    model.eval()
+
+    def batch(i: int):
+        return torch.randn(32, 3, 64, 64, generator=torch.Generator().manual_seed(i))
+
+    return model, CNN_SITES, batch
+
+
+def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model, sites, batch = build(model_kind)
+    modules = {name: (model.hook_dict[name] if model_kind == "tl" else model.get_submodule(name)) for name in sites}
+    with torch.no_grad():
+        model(batch(0))  # warm-up (and the bridge's own lazy hooks)
+    kept: list = []
+    nbytes = 0
+    store_path = Path(workdir) / f"{method}.zarr"
+    rss_before = rss_mb()
+    start = time.perf_counter()
+    with torch.no_grad():
+        if method == "bare":
+            for i in range(n_batches):
+                model(batch(i))
+        elif method == "polysdk":
+            from polysdk import ActivationStore, Probe
+
+            with ActivationStore(store_path, mode="w") as store:
+                Probe(model, sites, store=store).run(
+                    (batch(i) for i in range(n_batches)), progress=False
+                )
+            nbytes = sum(store[s].nbytes for s in sites)
+        elif method in ("list", "zarr_sync"):
+            handles = []
+            arrays = {}
+            if method == "zarr_sync":
+                import zarr
+
+                root = zarr.open_group(store_path, mode="w")
+
+            def make_hook(name):
+                def hook(mod, args, out):
+                    a = out.detach().cpu()
+                    if method == "list":
+                        kept.append(a)
+                        return
+                    arr = a.numpy()
+                    if name not in arrays:
+                        arrays[name] = root.create_array(
+                            name, shape=(0,) + arr.shape[1:], chunks=arr.shape, dtype=arr.dtype
+                        )
+                    z = arrays[name]
+                    n = z.shape[0]
+                    z.resize((n + arr.shape[0],) + arr.shape[1:])
+                    z[n:] = arr
+
+                return hook
+
+            for name, mod in modules.items():
+                handles.append(mod.register_forward_hook(make_hook(name)))
+            for i in range(n_batches):
+                model(batch(i))
+            for h in handles:
+                h.remove()
+            if method == "zarr_sync":
+                zarr.consolidate_metadata(store_path)
+                nbytes = sum(int(a.nbytes) for a in arrays.values())
+        elif method == "tl_cache":
+            if model_kind != "tl":
+                return {"skipped": "TransformerLens only"}
+            for i in range(n_batches):
+                _, cache = model.run_with_cache(batch(i), names_filter=lambda n: n in TL_SITES)
+                kept.append({k: v for k, v in cache.items()})
+        elif method == "nnsight":
+            import nnsight
+
+            wrapped = nnsight.NNsight(model)
+            if model_kind == "tl":
+                envoys = [wrapped.blocks[i].mlp.out.hook_in for i in range(4)]
+            else:
+                envoys = [wrapped.features[int(s.split(".")[1])] for s in sites]
+            for i in range(n_batches):
+                saved: list = []
+                with wrapped.trace(batch(i)):
+                    for envoy in envoys:
+                        saved.append(envoy.output.save())
+                kept.append(saved)
+    elapsed = time.perf_counter() - start
+    if not nbytes and kept:
+        import torch as _t
+
+        def size(obj):
+            if isinstance(obj, _t.Tensor):
+                return obj.numel() * obj.element_size()
+            if isinstance(obj, dict):
+                return sum(size(v) for v in obj.values())
+            if isinstance(obj, (list, tuple)):
+                return sum(size(v) for v in obj)
+            return 0
+
+        nbytes = size(kept)
+    return {
+        "seconds": elapsed,
+        "bytes": nbytes,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_growth_mb": peak_rss_mb() - rss_before,
+    }
+
+
+def spawn(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", method, "--model", model_kind,
+           "--batches", str(n_batches), "--workdir", workdir]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(model_kind: str, n_batches: int, workdir: str) -> None:
+    rows = {m: spawn(m, model_kind, n_batches, workdir) for m in METHODS}
+    bare = rows["bare"]["seconds"]
+    data_mb = max(r.get("bytes", 0) for r in rows.values()) / 2**20
+    print(f"\n## {model_kind}: {n_batches} batches, {data_mb:.0f} MB of activations at {len(TL_SITES if model_kind == 'tl' else CNN_SITES)} sites")
+    print(f"| method | time (s) | x bare | MB/s | peak RSS (MB) | RSS growth (MB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for method, r in rows.items():
+        if "seconds" not in r:
+            print(f"| {method} | {r.get('skipped') or r.get('error')} | | | | |")
+            continue
+        mbps = r["bytes"] / 2**20 / r["seconds"] if r["bytes"] else 0
+        print(f"| {method} | {r['seconds']:.2f} | {r['seconds'] / bare:.2f} | {mbps:.0f} | {r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
+    sys.stdout.flush()
+
+
+def out_of_core(max_gb: float, workdir: str) -> None:
+    # ~33.5 MB of activations per batch of the transformer (16 x 128 tokens x 1024 x 4 sites)
+    per_batch_mb = 16 * 128 * 1024 * 4 * 4 / 2**20
+    sizes = [max_gb / 16, max_gb / 4, max_gb]
+    print(f"\n## out of core: polysdk on the transformer, growing data")
+    print("| activations (GB) | time (s) | x bare-equivalent | peak RSS (MB) | RSS growth (MB) |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for gb in sizes:
+        n = max(1, int(gb * 1024 / per_batch_mb))
+        r = spawn("polysdk", "tl", n, workdir)
+        b = spawn("bare", "tl", n, workdir)
+        print(f"| {r['bytes'] / 2**30:.2f} | {r['seconds']:.1f} | {r['seconds'] / b['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
+        sys.stdout.flush()
+        shutil.rmtree(Path(workdir) / "polysdk.zarr", ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["tl", "cnn", "both"], default="both")
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--out-of-core", type=float, default=0.0, metavar="GB")
+    parser.add_argument("--one", choices=METHODS)
+    parser.add_argument("--workdir")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.model, args.batches, args.workdir)))
+        return
+    workdir = args.workdir or tempfile.mkdtemp(prefix="polysdk-bench-", dir=os.environ.get("BENCH_DIR"))
+    try:
+        for kind in (["tl", "cnn"] if args.model == "both" else [args.model]):
+            table(kind, args.batches, workdir)
+        if args.out_of_core:
+            out_of_core(args.out_of_core, workdir)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
