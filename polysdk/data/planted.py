@@ -314,7 +314,7 @@ def make_planted_concepts(
                 for w in words[sets[k]]:
                     response[tok.index[w], u] = signal * rng.uniform(1.0, 2.0)
         elif kind == "period":
-            response[tok.index["."], u] = signal * 6.0
+            response[tok.index["."], u] = signal * 2.5
         else:
             for w in shared:
                 response[tok.index[w], u] = signal * rng.uniform(0.5, 1.0)

@@ -177,7 +177,7 @@ class ConceptSets(Detector):
         m = da.from_array(mask.astype(np.float64), chunks=(acts.data.chunks[0], -1))
         x = acts.data.rechunk({1: -1, 2: -1}) if acts.data.chunks[1:] != ((acts.sizes["position"],), (n_units,)) else acts.data
         m = m.rechunk((x.chunks[0], -1))
-        masked = da.where(m[:, :, None] > 0, x, 0.0)
+        masked = da.where(m[:, :, None] > 0, x.astype(np.float64), 0.0)
         text_mean = masked.sum(1) / length[:, None]  # (sample, unit)
         n_sets = len(set_names)
         n_texts = np.bincount(codes[codes >= 0], minlength=n_sets).astype(float)
