@@ -94,16 +94,17 @@ def to_numpy(x: Any) -> tuple[np.ndarray, str | None]:
 
 def default_dims(ndim: int) -> tuple[str, ...]:
     """Dims used when ``append`` gets none: (sample,), (sample, unit),
-    (sample, position, unit) or (sample, unit, y, x)."""
+    (sample, position, unit), (sample, unit, y, x), else (sample, dim_1, ...)
+    (the same guesses as ``Probe``)."""
     table = {
         1: ("sample",),
         2: ("sample", "unit"),
         3: ("sample", "position", "unit"),
         4: ("sample", "unit", "y", "x"),
     }
-    if ndim not in table:
-        raise StoreError(f"cannot guess dim names for a {ndim}-d array; pass dims=...")
-    return table[ndim]
+    if ndim < 1:
+        raise StoreError("an activation needs at least the 'sample' axis; got a 0-d array")
+    return table.get(ndim, ("sample", *(f"dim_{i}" for i in range(1, ndim))))
 
 
 def auto_chunk_samples(sample_shape: tuple[int, ...], itemsize: int) -> int:

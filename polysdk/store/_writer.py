@@ -94,11 +94,21 @@ class Writer:
         f.done.wait()
 
     def stop(self) -> None:
-        """Flush, then end the thread."""
+        """Flush, trim the arrays to what is written, then end the thread."""
         if self._thread.is_alive():
             self.flush()
             self._q.put(_STOP)
             self._thread.join()
+            if self.error is None:
+                self._trim()
+
+    def _trim(self) -> None:
+        # arrays grow ahead of the data; the commit record already hides the excess,
+        # trimming makes each array's own zarr.json exact too (non-consolidated readers)
+        for site, arrays in self._arrays.items():
+            for arr in arrays.values():
+                if arr.shape[0] != self._written[site]:
+                    arr.resize((self._written[site], *arr.shape[1:]))
 
     @property
     def alive(self) -> bool:
@@ -179,8 +189,10 @@ class Writer:
         rest: dict[str, np.ndarray] = {}
         for name, arr in self._arrays[site].items():
             data = pieces[0][name] if len(pieces) == 1 else np.concatenate([p[name] for p in pieces])
-            if arr.shape[0] != stop:
-                arr.resize((stop, *arr.shape[1:]))
+            if arr.shape[0] < stop:  # grow geometrically: few metadata writes
+                chunk = arr.chunks[0]
+                grown = -(-max(stop, 2 * arr.shape[0]) // chunk) * chunk
+                arr.resize((grown, *arr.shape[1:]))
             arr[start:stop] = data[:k]
             rest[name] = data[k:]
         left = self._pending_n[site] - k
