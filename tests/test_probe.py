@@ -219,3 +219,16 @@ def test_sequence_tokens_recorded_in_store(tmp_path, tl_model, tl_tokens):
     site = xr.open_zarr(path, group="blocks.0.mlp.hook_post")
     assert site["activation"].dims == ("sample", "position", "unit")
     assert site["token"].values.tolist() == tl_tokens.tolist()
+
+
+@pytest.mark.gpu
+def test_cuda_reduces_on_device_and_copies_to_pinned_host():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3)).cuda()
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    probe = Probe(net, "0", reduce="mean")
+    with probe:
+        net(x)
+    taken = probe.take()["0"]
+    assert taken.device.type == "cpu" and taken.is_pinned()
+    torch.testing.assert_close(taken, net(x).mean((2, 3)).cpu())
