@@ -222,7 +222,7 @@ class PlantedTokenModel(nn.Module):
             self.context.weight.copy_(context_scale * torch.randn(v, u, generator=g))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Any = None) -> torch.Tensor:
-        prev = torch.roll(input_ids, 1, dims=1)
+        prev = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=0)  # <pad> first
         return self.act(self.embed(input_ids) + self.context(prev))
 
 

@@ -304,7 +304,7 @@ class Detector:
     def from_name(name: str, **params: Any) -> "Detector":
         """Build the detector registered as ``name`` with ``params``.
 
-        >>> Detector.from_name("class_selectivity", min_rate=0.1)  # doctest: +SKIP
+        >>> Detector.from_name("class_selectivity", min_rate=0.1)
         ClassSelectivity(min_rate=0.1)
         """
         return get_detector_class(name)(**params)
