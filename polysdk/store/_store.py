@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import shutil
 import threading
@@ -25,6 +26,7 @@ _MODES = ("w", "w-", "a", "r")
 _RESERVED = ("activation", "sample")
 
 
+@functools.lru_cache(maxsize=None)
 def _version(pkg: str) -> str | None:
     try:
         return _md.version(pkg)
@@ -239,8 +241,6 @@ class ActivationStore:
                 create = self._define(data, site_dims, source, cvals)
             else:
                 self._validate(data, site_dims, cvals)
-        if n_samples == 0:
-            return
         sample = np.arange(self._queued, self._queued + n_samples, dtype=np.int64)
         self._queued += n_samples
         per_site = {s: {"activation": a, "sample": sample, **{k: v[1] for k, v in cvals.items()}} for s, a in data.items()}

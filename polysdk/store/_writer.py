@@ -74,6 +74,7 @@ class Writer:
         self._ends: deque[int] = deque()
         self._total = start
         self._committed = start
+        self._new_sites = False  # created but not yet in the commit record
         for site in sites:
             self._open_site(site)
             self._written[site] = start
@@ -163,6 +164,7 @@ class Writer:
         self._pending[site] = []
         self._pending_n[site] = 0
         self._written[site] = self._total
+        self._new_sites = True
 
     def _handle(self, batch: Batch) -> None:
         if batch.create:
@@ -205,9 +207,10 @@ class Writer:
         upto = self._committed
         while self._ends and self._ends[0] <= done:
             upto = self._ends.popleft()
-        if upto > self._committed:
+        if upto > self._committed or self._new_sites:
             self.commit(upto, list(self._arrays))
             self._committed = upto
+            self._new_sites = False
 
     def _flush_all(self) -> None:
         for site, n in self._pending_n.items():

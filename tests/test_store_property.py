@@ -1,0 +1,74 @@
+"""Property tests: any batches round-trip exactly through append -> plain xarray."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from polysdk.store import ActivationStore
+
+DTYPES = ["float32", "float16", "int32", "int64", "uint8"]
+DIM_NAMES = {1: ("unit",), 2: ("position", "unit"), 3: ("unit", "y", "x")}
+
+
+def _values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    if dtype.startswith("float"):
+        x = rng.standard_normal(shape) * 100
+        x[rng.random(shape) < 0.5] = 0.0  # ReLU-like sparsity (zeros are the fill value)
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(st.integers(0, 7), min_size=1, max_size=6),
+    chunk=st.integers(1, 9),
+    dtype=st.sampled_from(DTYPES),
+    trailing=st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
+    max_queue=st.integers(1, 3),
+    flush_every=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_roundtrip_any_batches(batches, chunk, dtype, trailing, max_queue, flush_every, seed):
+    rng = np.random.default_rng(seed)
+    dims = ("sample", *DIM_NAMES[len(trailing)])
+    parts = [_values(rng, (n, *trailing), dtype) for n in batches]
+    labels = [rng.integers(-5, 5, n) for n in batches]
+    names = [np.array([f"x{rng.integers(0, 10**i)}" for i in range(n)], dtype=str) for n in batches]
+    tokens = [rng.integers(0, 50, (n, 3)).astype("int32") for n in batches]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.zarr"
+        with ActivationStore(path, mode="w", chunk_samples=chunk, max_queue=max_queue) as store:
+            for i, (p, lab, nm, tok) in enumerate(zip(parts, labels, names, tokens)):
+                store.append(
+                    {"site.0": p, "other": p[(slice(None),) + (0,) * (p.ndim - 1)][:, None].astype("float32")},
+                    dims={"site.0": dims, "other": ("sample", dims[1])},
+                    coords={"label": lab, "name": nm, "tokens": (("sample", "tok"), tok)},
+                )
+                if i % flush_every == 0:
+                    store.flush()
+                    assert store.n_samples == sum(batches[: i + 1])
+        want = np.concatenate(parts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(path, group="site.0")
+            tree = xr.open_datatree(path, engine="zarr")
+        total = sum(batches)
+        assert ds["activation"].dims == dims
+        assert ds["activation"].dtype == np.dtype(dtype)
+        assert ds["activation"].shape == (total, *trailing)
+        np.testing.assert_array_equal(ds["activation"].values, want)
+        np.testing.assert_array_equal(ds["label"].values, np.concatenate(labels))
+        np.testing.assert_array_equal(ds["tokens"].values, np.concatenate(tokens))
+        assert [str(v) for v in ds["name"].values] == [str(v) for v in np.concatenate(names)]
+        np.testing.assert_array_equal(ds["sample"].values, np.arange(total))
+        np.testing.assert_array_equal(tree["other"]["activation"].values, want[(slice(None),) + (0,) * (want.ndim - 1)][:, None].astype("f4"))
+        if total:
+            assert max(ds["activation"].chunks[0]) <= chunk
