@@ -1,0 +1,110 @@
+"""LAMB vectorised over instances, step for step as ``torch_optimizer.Lamb`` (0.3).
+
+    from polysdk.train.lamb import BatchedLamb, FlatParams
+    flat = FlatParams(K=8, shapes={"W1": (128, 16), "b1": (128,), "W2": (64, 128)})
+    opt = BatchedLamb(flat)
+    opt.step(grad=flat.new_grad(), lr=torch.full((8,), 3e-3))   # one update of 8 models
+
+The K instances' parameters live in one flat buffer ``[K, P]`` (each tensor a view into
+it), so every element-wise part of the update is one operation for all instances and
+all tensors. The trust ratio is taken per instance *and* per parameter tensor, as
+``torch_optimizer.Lamb`` does per tensor: ``clamp(|w|, 0, 10) / |adam_step|`` (1 when
+either norm is 0); defaults betas (0.9, 0.999), eps 1e-6, no weight decay, no debias.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from polysdk.errors import ConfigError
+
+__all__ = ["FlatParams", "BatchedLamb"]
+
+
+class FlatParams:
+    """Several ``[K, *shape]`` parameter tensors stored as views of one ``[K, P]`` buffer.
+
+    >>> fp = FlatParams(K=2, shapes={"w": (3, 4), "b": (3,)})
+    >>> fp["w"].shape, fp.data.shape
+    (torch.Size([2, 3, 4]), torch.Size([2, 15]))
+    """
+
+    def __init__(self, K: int, shapes: Mapping[str, tuple[int, ...]],
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.K = int(K)
+        self.names = list(shapes)
+        self.shapes = {n: tuple(int(s) for s in shapes[n]) for n in self.names}
+        self.sizes = [math.prod(self.shapes[n]) for n in self.names]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.data = torch.zeros((self.K, sum(self.sizes)), device=device, dtype=dtype)
+
+    def view(self, buffer: Tensor, name: str) -> Tensor:
+        i = self.names.index(name)
+        start = self.offsets[i]
+        return buffer[:, start:start + self.sizes[i]].view(self.K, *self.shapes[name])
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.view(self.data, name)
+
+    def new_grad(self) -> Tensor:
+        return torch.zeros_like(self.data)
+
+    def segments(self, buffer: Tensor) -> list[Tensor]:
+        """The ``[K, size]`` slice of each tensor in ``buffer`` (same layout as data)."""
+        return [buffer[:, o:o + s] for o, s in zip(self.offsets, self.sizes)]
+
+
+class BatchedLamb:
+    """LAMB over the K instances of a :class:`FlatParams` (see the module docstring).
+
+    ``step(grad, lr)`` takes the flat gradient ``[K, P]`` and one learning rate per
+    instance (a ``[K]`` tensor: the scheduled rate of this step).
+    """
+
+    def __init__(self, params: FlatParams, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, clamp_value: float = 10.0,
+                 adam: bool = False, debias: bool = False) -> None:
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ConfigError(f"betas={betas} must each be in [0, 1).")
+        if eps < 0 or weight_decay < 0 or clamp_value < 0:
+            raise ConfigError(f"eps={eps}, weight_decay={weight_decay} and "
+                              f"clamp_value={clamp_value} must be >= 0.")
+        self.params = params
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.clamp_value, self.adam, self.debias = clamp_value, adam, debias
+        self.exp_avg = torch.zeros_like(params.data)
+        self.exp_avg_sq = torch.zeros_like(params.data)
+        self.n_steps = 0
+
+    def _norms(self, buffer: Tensor) -> Tensor:
+        return torch.stack([seg.norm(dim=1) for seg in self.params.segments(buffer)], dim=1)
+
+    @torch.no_grad()
+    def step(self, grad: Tensor, lr: Tensor) -> None:
+        beta1, beta2 = self.betas
+        theta = self.params.data
+        self.n_steps += 1
+        self.exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_scale = lr
+        if self.debias:
+            corr = math.sqrt(1 - beta2 ** self.n_steps) / (1 - beta1 ** self.n_steps)
+            step_scale = lr * corr
+        adam_step = self.exp_avg / self.exp_avg_sq.sqrt().add_(self.eps)
+        if self.weight_decay != 0:
+            adam_step.add_(theta, alpha=self.weight_decay)
+        if self.adam:
+            trust = torch.ones((theta.shape[0], len(self.params.sizes)), device=theta.device)
+        else:
+            w_norm = self._norms(theta).clamp_(0, self.clamp_value)
+            a_norm = self._norms(adam_step)
+            trust = torch.where((w_norm == 0) | (a_norm == 0), torch.ones_like(w_norm),
+                                w_norm / a_norm)
+        scale = trust * step_scale.unsqueeze(1)                           # [K, n_tensors]
+        for j, (w_seg, a_seg) in enumerate(zip(self.params.segments(theta),
+                                                self.params.segments(adam_step))):
+            w_seg.addcmul_(a_seg, scale[:, j:j + 1], value=-1.0)

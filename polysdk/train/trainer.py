@@ -1,0 +1,216 @@
+"""Train many toy models at once: one batched computation over an instance dimension.
+
+    from polysdk.models.toy import ToyConfig
+    from polysdk.train import train_toy_models
+    cfgs = [ToyConfig(N=64, m=16, k=128, learning_rate=lr, log2_batch_size=8,
+                      log2_training_steps=10) for lr in (1e-3, 3e-3, 1e-2)]
+    res = train_toy_models(cfgs, seeds=[0, 0, 0])
+    res.losses.shape, res.checkpoint_activations.shape    # (3, 64), (3, 11, 128, 64)
+
+Each step follows the original (``model3.py``): fresh features for every instance
+from its own generator, the loss (sum of squared errors / batch, plus
+``reg * sum|activations| / batch``), the gradients (written out by hand: two ``bmm``
+forward, three backward, no autograd graph), LAMB (:class:`BatchedLamb`) at the cyclic
+cosine rate, then during the first half of training the first-layer bias times
+``1 - decay * learning_rate``. Losses are kept every 16 steps and checkpoints (the
+single-feature activation matrix and the mean bias) at steps where step + 1 is a power
+of two. :func:`plan_chunks` splits a sweep into chunks whose instances share tensor
+shapes, sized so the batched step stays fast on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from polysdk.errors import ConfigError
+from polysdk.models.toy import (
+    ToyConfig, ToyModels, apply_nonlinearity, feature_probabilities, instance_generator,
+    nonlinearity_grad, sample_features,
+)
+from polysdk.train.lamb import BatchedLamb, FlatParams
+from polysdk.train.schedule import cyclic_cosine_factors
+
+__all__ = ["TrainResult", "train_toy_models", "checkpoint_steps", "plan_chunks",
+           "auto_chunk_size", "LOSS_EVERY"]
+
+#: losses are logged every 16 steps, as in the original
+LOSS_EVERY = 16
+_DATA_STREAM = 3
+
+
+def checkpoint_steps(training_steps: int) -> np.ndarray:
+    """Steps i (0-based) where i + 1 is a power of two: 0, 1, 3, 7, ..., T - 1.
+
+    >>> checkpoint_steps(16).tolist()
+    [0, 1, 3, 7, 15]
+    """
+    return np.array([2 ** j - 1 for j in range(int(math.log2(training_steps)) + 1)
+                     if 2 ** j <= training_steps], dtype=np.int64)
+
+
+@dataclass
+class TrainResult:
+    """What one batched training run returns (arrays on CPU, leading dim = instance)."""
+
+    configs: list[ToyConfig]
+    seeds: list[int]
+    models: ToyModels                   # final parameters (on the training device)
+    loss_steps: np.ndarray              # [L] steps at which the loss was logged
+    losses: np.ndarray                  # [K, L]
+    checkpoint_steps: np.ndarray        # [C]
+    checkpoint_activations: np.ndarray  # [K, C, k, N] single-feature activation matrices
+    checkpoint_mean_bias: np.ndarray    # [K, C]
+
+
+def _per_instance(values: Sequence[float], device: torch.device) -> Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
+
+
+def train_toy_models(configs: Sequence[ToyConfig], seeds: Sequence[int],
+                     device: str | torch.device = "cpu", progress: bool | str = False,
+                     step_callback: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``len(configs)`` models as one batched computation (they must share shapes).
+
+    ``seeds[i]`` alone fixes instance i's embedding, initial weights and data, so the
+    result for an instance does not depend on what else is in the batch.
+    ``progress``: False, True, or a description for the tqdm bar.
+    """
+    device = torch.device(device)
+    first = ToyModels.check_batchable(configs)
+    K, B, T = len(configs), first.batch_size, first.training_steps
+    N, m, k, out_dim = first.N, first.m, first.k, first.out_dim
+    task, nl = first.task, first.nonlinearity
+
+    init = ToyModels.init(configs, seeds, device=device)
+    flat = FlatParams(K, {"W1": (k, m), "b1": (k,), "W2": (out_dim, k)}, device=device)
+    flat["W1"].copy_(init.W1)
+    flat["b1"].copy_(init.b1)
+    flat["W2"].copy_(init.W2)
+    models = ToyModels(configs, seeds, flat["W1"], flat["b1"], flat["W2"], init.embed,
+                       init.target_embed)
+    grad = flat.new_grad()
+    g_W1, g_b1, g_W2 = flat.view(grad, "W1"), flat.view(grad, "b1"), flat.view(grad, "W2")
+    opt = BatchedLamb(flat)
+
+    # abs: two draws at eps / 2 each (the original halves eps to keep the density)
+    eps_scale = 0.5 if task == "abs" else 1.0
+    probs = torch.stack([feature_probabilities(N, c.eps * eps_scale, c.sample_kind)
+                         for c in configs]).to(device=device, dtype=torch.float32)
+    gens = [instance_generator(s, _DATA_STREAM, device) for s in seeds]
+    base_lr = _per_instance([c.learning_rate for c in configs], device)
+    lr_factors = cyclic_cosine_factors(T)
+    decay_mult = (1.0 - _per_instance([c.decay for c in configs], device) * base_lr)[:, None]
+    any_decay = any(c.decay != 0 for c in configs)
+    reg = _per_instance([c.reg for c in configs], device)[:, None, None] / B
+    any_reg = any(c.reg != 0 for c in configs)
+
+    ckpts = checkpoint_steps(T)
+    ckpt_index = {int(s): j for j, s in enumerate(ckpts)}
+    loss_steps = np.arange(0, T, LOSS_EVERY)
+    loss_log = torch.zeros((K, len(loss_steps)), device=device)
+    ck_acts = np.zeros((K, len(ckpts), k, N), dtype=np.float32)
+    ck_bias = np.zeros((K, len(ckpts)), dtype=np.float64)
+
+    v_buf = torch.empty((K, 2, B, N), device=device)
+    v2_buf = torch.empty((K, 2, B, N), device=device) if task == "abs" else None
+    E_T = models.embed.transpose(1, 2)                                   # [K, N, m]
+    P_T = None if models.target_embed is None else models.target_embed.transpose(1, 2)
+    W1, b1, W2 = models.W1, models.b1, models.W2
+
+    bar = tqdm(range(T), desc=progress if isinstance(progress, str) else "train",
+               disable=not progress, leave=False, unit="step", mininterval=0.5)
+    with torch.no_grad():
+        for step in bar:
+            v = sample_features(gens, probs, B, out=v_buf)
+            if v2_buf is not None:
+                v = v.sub_(sample_features(gens, probs, B, out=v2_buf))
+            x = torch.bmm(v, E_T)                                        # [K, B, m]
+            if task == "decoder":
+                target = v
+            elif task == "re-projector":
+                target = torch.bmm(v, P_T)
+            else:
+                target = v.abs()
+            h = torch.baddbmm(b1.unsqueeze(1), x, W1.transpose(1, 2))     # [K, B, k]
+            a = apply_nonlinearity(nl, h)
+            diff = torch.bmm(a, W2.transpose(1, 2)).sub_(target)         # [K, B, out]
+            if step % LOSS_EVERY == 0:
+                loss_log[:, step // LOSS_EVERY] = diff.square().sum((1, 2)) / B
+            diff.mul_(2.0 / B)                                           # d loss / d out
+            g_W2.copy_(torch.bmm(diff.transpose(1, 2), a))
+            d_a = torch.bmm(diff, W2)                                    # [K, B, k]
+            if any_reg:
+                d_a.add_(torch.sign(a) * reg)
+            if nl == "ReLU":   # fused d_a * (a > 0), as autograd does for ReLU
+                d_h = torch.ops.aten.threshold_backward(d_a, a, 0.0)
+            else:
+                d_h = d_a.mul_(nonlinearity_grad(nl, h))
+            g_W1.copy_(torch.bmm(d_h.transpose(1, 2), x))
+            g_b1.copy_(d_h.sum(1))
+            opt.step(grad, base_lr * float(lr_factors[step]))
+            if any_decay and step < T / 2:
+                b1.mul_(decay_mult)
+            j = ckpt_index.get(step)
+            if j is not None:
+                ck_acts[:, j] = models.single_feature_activations().cpu().numpy()
+                ck_bias[:, j] = b1.mean(1).double().cpu().numpy()
+            if step_callback is not None:
+                step_callback(step)
+    bar.close()
+    return TrainResult(list(configs), [int(s) for s in seeds], models, loss_steps,
+                       loss_log.cpu().numpy().astype(np.float64), ckpts, ck_acts, ck_bias)
+
+
+# ----------------------------------------------------------------------------- chunking
+#: bytes of per-step working tensors per chunk that the batched step handles well; past
+#: it, one instance per step is as fast (measured in benchmarks/toy_sweep.py).
+CPU_CHUNK_BYTES = 48 * 2 ** 20
+GPU_CHUNK_BYTES = 4 * 2 ** 30
+
+
+def step_bytes(cfg: ToyConfig) -> int:
+    """Bytes of the per-step working tensors of one instance (float32)."""
+    B = cfg.batch_size
+    feats = (3 if cfg.task == "abs" else 2) * B * cfg.N
+    return 4 * (feats + B * (cfg.m + 4 * cfg.k + 2 * cfg.out_dim))
+
+
+def auto_chunk_size(cfg: ToyConfig, device: str | torch.device = "cpu") -> int:
+    """How many instances of this shape to train in one batched computation.
+
+    On CPU, batching pays while the step's tensors stay small (loop overheads dominate);
+    at the paper's sizes it does not, so the chunk falls to 1 there. On a GPU, as many
+    as fit in a few GiB.
+    """
+    budget = GPU_CHUNK_BYTES if torch.device(device).type == "cuda" else CPU_CHUNK_BYTES
+    return max(1, budget // step_bytes(cfg))
+
+
+def plan_chunks(configs: Sequence[ToyConfig], device: str | torch.device = "cpu",
+                chunk_size: int | None = None) -> list[list[int]]:
+    """Split instance indices into chunks: same shape within a chunk, in input order.
+
+    >>> cfgs = [ToyConfig(N=8, m=4, k=k) for k in (4, 8, 4)]
+    >>> plan_chunks(cfgs, chunk_size=5)
+    [[0, 2], [1]]
+    """
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ConfigError(f"chunk_size={chunk_size} must be >= 1 (or None for automatic).")
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(cfg.shape_key(), []).append(i)
+    chunks: list[list[int]] = []
+    for idx in groups.values():
+        size = int(chunk_size) if chunk_size else auto_chunk_size(configs[idx[0]], device)
+        n = math.ceil(len(idx) / size)
+        # even chunks (e.g. 10 -> 5 + 5, not 8 + 2)
+        per = math.ceil(len(idx) / n)
+        chunks += [idx[i:i + per] for i in range(0, len(idx), per)]
+    return chunks
