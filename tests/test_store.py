@@ -271,3 +271,34 @@ def test_docstring_example():
 
     res = doctest.testmod(mod, verbose=False)
     assert res.attempted >= 3 and res.failed == 0
+
+
+def test_attrs_json_and_persisted_edits(path):
+    with ActivationStore(path, mode="w", attrs={"lr": np.float32(0.5), "sizes": np.arange(2)}) as s:
+        s.attrs["note"] = "edited"
+        s.append({"s": np.ones((1, 1))})
+    a = ActivationStore(path).attrs
+    assert a["lr"] == 0.5 and a["sizes"] == [0, 1] and a["note"] == "edited"
+    with pytest.raises(StoreError, match="JSON"):
+        ActivationStore(path.parent / "b.zarr", mode="w", attrs={"f": object()})
+    with pytest.raises(StoreError, match="local paths"):
+        ActivationStore("s3://bucket/x.zarr", mode="w")
+
+
+def test_unclosed_store_commits_at_exit(path):
+    """A script that forgets close() still commits its batches at interpreter exit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "polysdk"
+    code = (
+        "import sys, types, numpy as np\n"
+        f"p = types.ModuleType('polysdk'); p.__path__ = [{str(pkg)!r}]; sys.modules['polysdk'] = p\n"
+        "from polysdk.store import ActivationStore\n"
+        f"s = ActivationStore({str(path)!r}, mode='w', chunk_samples=64)\n"
+        "for i in range(5): s.append({'s': np.full((3, 2), i, 'f4')})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    got = ActivationStore(path)["s"].values
+    np.testing.assert_array_equal(got[:, 0], np.repeat(np.arange(5), 3))

@@ -137,12 +137,36 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.load(fh)
 
 
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (Path, tuple, set)):
+        return str(x) if isinstance(x, Path) else list(x)
+    raise TypeError(f"{type(x).__name__} value {x!r} is not JSON serialisable")
+
+
+def to_json(doc: Mapping[str, Any]) -> str:
+    """JSON text of ``doc`` (numpy scalars/arrays allowed); StoreError if impossible."""
+    try:
+        return json.dumps(doc, indent=1, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"store attributes must be JSON serialisable: {err}; "
+                         "store numbers, strings, lists or dicts") from err
+
+
 def atomic_write_json(path: Path, doc: Mapping[str, Any]) -> None:
     """Write ``doc`` to ``path`` so that readers see the old or the new file, never half."""
+    text = to_json(doc)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _node_entries(root: Path, rel: str) -> Iterable[tuple[str, dict[str, Any]]]:

@@ -9,7 +9,6 @@ import shutil
 import threading
 import uuid
 import warnings
-import weakref
 from collections.abc import Mapping
 from importlib import metadata as _md
 from pathlib import Path
@@ -81,6 +80,9 @@ class ActivationStore:
             raise StoreError(f"unknown mode {mode!r}; use one of {_MODES}")
         if chunk_samples is not None and int(chunk_samples) < 1:
             raise StoreError(f"chunk_samples must be >= 1 or None, got {chunk_samples!r}")
+        if "://" in str(path):
+            raise StoreError(f"only local paths are supported, got {str(path)!r}; "
+                             "copy the store locally (or mount the filesystem)")
         self.path = Path(path)
         self.mode = mode
         self.chunk_samples = None if chunk_samples is None else int(chunk_samples)
@@ -101,7 +103,6 @@ class ActivationStore:
             )
             self._disk_sites = list(self._sites)
             self._queued = self._committed  # samples handed to the writer
-            self._finalizer = weakref.finalize(self, Writer.stop, self._writer)
 
     # ------------------------------------------------------------------ open / create
     def _create(self, codec: Any, attrs: Mapping[str, Any] | None) -> None:
@@ -329,7 +330,6 @@ class ActivationStore:
             return
         self._closed = True
         if self._writer is not None:
-            self._finalizer.detach()
             self._writer.stop()
             self._raise_writer_error()
 

@@ -7,9 +7,11 @@ the commit record -- only once every site has all of its samples on disk.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +48,32 @@ class _Flush:
 
 
 _STOP = object()
+_LIVE: weakref.WeakSet[Writer] = weakref.WeakSet()
+_HOOKED = False
+
+
+def _stop_all_at_exit() -> None:
+    for w in list(_LIVE):
+        try:
+            w.stop()
+        except Exception:  # noqa: BLE001 - exiting: nothing left to report to
+            pass
+
+
+def _hook_exit() -> None:
+    """Flush unclosed stores at interpreter exit, before zarr's executors shut down.
+
+    ``threading._register_atexit`` hooks run in reverse order of registration and
+    before ``concurrent.futures`` refuses new work; registering after zarr (and so
+    asyncio) is imported puts ours first. Plain ``atexit`` would run too late.
+    """
+    global _HOOKED
+    if not _HOOKED:
+        import zarr  # noqa: F401
+
+        register = getattr(threading, "_register_atexit", None) or atexit.register
+        register(_stop_all_at_exit)
+        _HOOKED = True
 
 
 class Writer:
@@ -78,8 +106,10 @@ class Writer:
         for site in sites:
             self._open_site(site)
             self._written[site] = start
+        _hook_exit()
         self._thread = threading.Thread(target=self._run, name="polysdk-store-writer", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ producer side
     def put(self, item: Batch) -> None:
@@ -100,6 +130,7 @@ class Writer:
             self.flush()
             self._q.put(_STOP)
             self._thread.join()
+            _LIVE.discard(self)
             if self.error is None:
                 self._trim()
 
