@@ -182,6 +182,10 @@ def test_hooked_penalty_equals_function_and_backprops() -> None:
     manual.backward()
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
     assert torch.allclose(grad_hooked, net[0].weight.grad, atol=1e-6)
+    with PolysemanticityPenalty(net, ["1", "3"]) as reg:  # labels given beforehand
+        reg.set_labels(y)
+        net(x)
+        assert reg.loss().item() == pytest.approx(manual.item(), rel=1e-5)
     assert torch.allclose(logits, net(x))  # the penalty never edits activations
 
 

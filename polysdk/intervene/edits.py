@@ -29,8 +29,9 @@ class Ablate(Intervention):
 
     * ``"zero"``: the units' values become 0.
     * ``"mean"``: their mean over recorded activations (by default over ``sample``; add
-      ``"position"`` etc. to ``mean_over`` to average those too). Computed once per
-      ``attach()`` with xarray/dask from ``source``.
+      ``"position"`` etc. to ``mean_over`` to average those too). Computed with
+      xarray/dask from ``source`` on the first ``attach()`` and kept (build a new
+      ``Ablate`` after recording more samples).
     * ``"resample"``: each example of the batch takes the values of one recorded sample
       drawn uniformly at random (one draw per example, shared by all chosen units and
       sites, so that the replacement is one real input's activations), reproducibly
@@ -87,6 +88,7 @@ class Ablate(Intervention):
         self.mean_over = tuple(mean_over)
         self.seed = seed
         self._means: dict[str, Any] = {}
+        self._mean_tensors: dict[tuple, torch.Tensor] = {}
         self._pools: dict[str, SamplePool] = {}
         self._generator: torch.Generator | None = None
         self._draw: tuple[int, torch.Tensor] | None = None  # (batch, indices) per pass
@@ -135,7 +137,12 @@ class Ablate(Intervention):
         if self.method == "zero":
             return torch.zeros((), dtype=tensor.dtype, device=tensor.device)
         if self.method == "mean":
-            return to_layout(self._means[site], dims, tensor.shape, site=site, what="the mean")
+            # converted once per site, layout, device and dtype (not on every pass)
+            key = (site, dims, tuple(tensor.shape[1:]), tensor.device, tensor.dtype)
+            if key not in self._mean_tensors:
+                mean = to_layout(self._means[site], dims, tensor.shape, site=site, what="the mean")
+                self._mean_tensors[key] = mean.to(device=tensor.device, dtype=tensor.dtype)
+            return self._mean_tensors[key]
         rows = self._pools[site].take(self._indices(site, tensor.shape[0]))
         return to_layout(
             rows, dims, tensor.shape, site=site, what="resampled activations", leading_sample=True

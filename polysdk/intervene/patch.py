@@ -98,9 +98,11 @@ class Patch(Intervention):
         self.store = store
         self.samples = samples
         self.cache_: dict[str, Any] = {}
+        self._converted: dict[tuple, torch.Tensor] = {}
 
     def prepare(self) -> None:
         self.cache_ = {}
+        self._converted = {}
         if self.input is not None:
             cache: dict[str, torch.Tensor] = {}
 
@@ -128,17 +130,21 @@ class Patch(Intervention):
                 self.cache_[site] = pool.take(idx)
 
     def edit(self, site: str, tensor: torch.Tensor, dims: tuple[str, ...]) -> torch.Tensor:
+        key = (site, dims, tuple(tensor.shape), tensor.device, tensor.dtype)
+        if key in self._converted:
+            return self._converted[key]
         value = self.cache_[site]
         leading = not isinstance(value, xr.DataArray)
         out = to_layout(
             value, dims, tensor.shape, site=site, what="patched activations", leading_sample=leading
-        )
+        ).to(device=tensor.device, dtype=tensor.dtype)
         if out.ndim == tensor.ndim and out.shape[0] not in (1, tensor.shape[0]):
             raise SiteError(
                 f"patched activations for site {site!r} hold {out.shape[0]} examples but the "
                 f"batch being run has {tensor.shape[0]}; run a batch of the same size (or "
                 f"patch from a single example, which broadcasts)"
             )
+        self._converted[key] = out
         return out
 
     def __repr__(self) -> str:

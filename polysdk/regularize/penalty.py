@@ -167,7 +167,10 @@ class PolysemanticityPenalty(ActivationRegularizer):
 
     Attach it (``with`` or ``attach()``), run the forward pass, then call
     ``loss(labels)`` with the batch's labels; the result keeps the activations'
-    gradient, so ``(task_loss + reg.loss(y)).backward()`` trains against it.
+    gradient, so ``(task_loss + reg.loss(y)).backward()`` trains against it. (A loop
+    that calls every regularizer as ``reg.loss()`` can give the labels beforehand
+    with ``reg.set_labels(y)``.) Activations with more than two axes (positions,
+    spatial maps) are flattened per example.
 
     Parameters
     ----------
@@ -210,13 +213,21 @@ class PolysemanticityPenalty(ActivationRegularizer):
         self.eps = eps
         self.threshold = threshold
         super().__init__(model, sites, capture=capture, key=key)
+        self._labels: Any = None
+
+    def set_labels(self, labels: Any) -> None:
+        """Labels used by the next ``loss()`` calls that are given none."""
+        self._labels = labels
 
     def loss(self, labels: Any = None) -> torch.Tensor:  # type: ignore[override]
         """The penalty over the activations of the last forward pass, for ``labels``."""
         if labels is None:
+            labels = self._labels
+        if labels is None:
             raise ConfigError(
                 "PolysemanticityPenalty.loss needs the batch's labels: call reg.loss(y) "
-                "with the labels of the examples just run through the model"
+                "(or reg.set_labels(y) first) with the labels of the examples just run "
+                "through the model"
             )
         acts = self.activations()
         return polysemanticity_penalty(
