@@ -21,6 +21,8 @@ hook ends the forward pass at the target (``stop_at_target``).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -91,7 +93,8 @@ class ContinuousSparsification:
     --------------------------
     masks_ : ``{param: bool tensor}`` of each parameter's shape (``s > 0``).
     logits_ : the learned logits (structured shape for kernels).
-    history_ : one dict per epoch (``temperature``, ``objective``, ``penalty``, ``density``).
+    history_ : one dict per epoch (``temperature``, ``objective``, ``penalty``,
+        ``density`` of the binary mask, wall-clock ``seconds`` and ``steps``).
     objective_train_, objective_val_ : the objective with the binary mask (``nan``
         without ``x_val``); ``accuracy_train_``, ``accuracy_val_``: for the contrastive
         objective, the share of inputs on the right side of 0.
@@ -266,6 +269,7 @@ class ContinuousSparsification:
             for epoch in tqdm(range(self.epochs), desc="mask training", disable=not self.progress):
                 temp = temps[epoch]
                 sums = [0.0, 0.0, 0]
+                started = time.perf_counter()
                 for xb, yb, rb in iter_batches(data, self.batch_size, generator=gen, shuffle=True):
                     soft = self._soft(logits, temp)
                     act = self._read(reader, soft, xb.to(device))
@@ -278,12 +282,14 @@ class ContinuousSparsification:
                     sums[1] += float(pen.detach()) * len(xb)
                     sums[2] += len(xb)
                 sched.step()
+                seconds = time.perf_counter() - started
                 with torch.no_grad():
                     kept = sum(int((s > 0).sum()) * self._cover[n] for n, s in logits.items())
                     size = sum(int(params[n].numel()) for n in logits)
                 self.history_.append({
                     "epoch": epoch, "temperature": temp, "objective": sums[0] / sums[2],
                     "penalty": sums[1] / sums[2], "density": kept / size,
+                    "seconds": seconds, "steps": math.ceil(sums[2] / self.batch_size),
                 })
             self.logits_ = {n: s.detach() for n, s in logits.items()}
             self.masks_ = {
