@@ -1,11 +1,12 @@
 """Writer subprocess for the store fault test (killed with SIGKILL at random moments).
 
-    python tests/store_fault_worker.py STORE N_BATCHES
+    python tests/store_fault_worker.py STORE N_BATCHES [results]
 
 Appends deterministic batches to an existing store (mode="a"), resuming after the
-committed batches, and at start and every 25 batches rewrites the result "progress". Values derive
-from the global sample index so a reader can check them: see ``expected``. torch is
-not imported (fast start): the ``polysdk`` package ``__init__`` is bypassed.
+committed batches; with ``results`` it also rewrites the result "progress/x" at start
+and every 25 batches. Values derive from the global sample index so a reader can
+check them: see ``expected``. Neither torch nor (without ``results``) xarray is
+imported, for a fast start: the ``polysdk`` package ``__init__`` is bypassed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-CHUNK = 4
+CHUNK = 8
 
 
 def batch_size(i: int) -> int:
@@ -40,12 +41,10 @@ def expected(start: int, stop: int) -> dict[str, np.ndarray]:
 DIMS = {"a": ("sample", "unit"), "b.c": ("sample", "position", "unit")}
 
 
-def main(path: str, n_batches: int) -> int:
+def main(path: str, n_batches: int, results: bool = True) -> int:
     pkg = types.ModuleType("polysdk")  # skip polysdk/__init__ (it may import torch)
     pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "polysdk")]
     sys.modules["polysdk"] = pkg
-    import xarray as xr
-
     from polysdk.store import ActivationStore
 
     store = ActivationStore(path, mode="a", chunk_samples=CHUNK, max_queue=4)
@@ -55,15 +54,17 @@ def main(path: str, n_batches: int) -> int:
     if n and ends[k - 1] != n:
         print(f"committed count {n} is not a batch boundary", flush=True)
         return 3
-    # rewrite the result once before "ready" (the first to_zarr is slow: imports)
-    store.write_result("progress/x", xr.Dataset({"v": ("u", np.full(50, k - 1))}), attrs={"i": k - 1})
+    if results:  # rewrite the result once before "ready" (the first to_zarr is slow)
+        import xarray as xr
+
+        store.write_result("progress/x", xr.Dataset({"v": ("u", np.full(50, k - 1))}), attrs={"i": k - 1})
     print("ready", k, flush=True)
     for i in range(k, n_batches):
         start = 0 if i == 0 else int(ends[i - 1])
         e = expected(start, int(ends[i]))
         store.append({"a": e["a"], "b.c": e["b.c"]}, dims=DIMS,
                      coords={"name": e["name"], "batch": np.full(batch_size(i), i)})
-        if i % 25 == 24:
+        if results and i % 25 == 24:
             store.write_result("progress/x", xr.Dataset({"v": ("u", np.full(50, i))}), attrs={"i": i})
     store.close()
     print("done", flush=True)
@@ -71,4 +72,4 @@ def main(path: str, n_batches: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2])))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["results"]))

@@ -5,9 +5,31 @@
         store.append({"fc1": acts}, dims={"fc1": ("sample", "unit")}, coords={"label": y})
     ActivationStore("acts.zarr")["fc1"]          # lazy xr.DataArray, plain xarray underneath
 
-On disk: one Zarr v3 group per site (``activation`` + per-sample coords + ``sample``),
-derived results under ``results/<name>``, and a root ``zarr.json`` with consolidated
-metadata that is the commit record (see ``_layout``).
+On disk (Zarr v3, readable with ``xarray.open_zarr(path, group=site)`` and
+``xarray.open_datatree(path, engine="zarr")``):
+
+* one group per site, named verbatim (``features.6``), holding ``activation`` (dims
+  ``sample`` first), the index coordinate ``sample`` (global sample number) and the
+  per-sample coordinates of ``append(coords=...)`` (numeric or strings, 1-D or with
+  extra dims such as ``(sample, position)`` tokens);
+* derived results under ``results/<name>`` (``write_result``);
+* the root ``zarr.json``: root attributes (config, versions, ``n_samples``) and the
+  consolidated metadata of every committed node. It is the **commit record**.
+
+Commit protocol. The writer grows the arrays, writes whole chunks (zarr replaces each
+chunk file atomically), and only then rewrites the root ``zarr.json`` with a temp file
+and ``os.replace``; the record states ``shape[0] = n_samples`` for every site array,
+always a batch boundary. xarray takes shapes from consolidated metadata, so a reader
+-- even one opening the store right after a SIGKILL, before any repair -- sees whole
+batches only. ``mode="a"`` truncates whatever lies beyond the record and resumes
+there. No ``fsync`` is done: a killed process is covered, a power cut is not.
+
+Types. torch tensors are accepted (detached, copied to the host; torch is never
+imported by this package). ``bfloat16`` has no numpy dtype and is stored as
+``float32`` (exact), the site's ``activation`` carrying ``source_dtype='bfloat16'``;
+``float16`` is stored as ``float16``.
+
+One writer at a time per store; readers may be many.
 """
 
 from polysdk.store._layout import DEFAULT_CODEC

@@ -12,14 +12,16 @@ import warnings
 from collections.abc import Mapping
 from importlib import metadata as _md
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 
 from polysdk.errors import StoreError, StoreSchemaError, WriterError, closest_names
 from polysdk.store import _layout as L
 from polysdk.store._writer import ArraySpec, Batch, Writer
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 _MODES = ("w", "w-", "a", "r")
 _RESERVED = ("activation", "sample")
@@ -370,6 +372,8 @@ class ActivationStore:
 
         Pending batches are flushed first. Dask chunks equal the Zarr chunks.
         """
+        import xarray as xr
+
         self._sync()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated.*")
@@ -401,6 +405,8 @@ class ActivationStore:
         Replacing an existing result: a kill during the swap may leave neither the old
         nor the new one, but never a mix.
         """
+        import xarray as xr
+
         L.check_name(name, "result")
         if self._writer is None:
             raise StoreError(f"store {str(self.path)!r} was opened read-only (mode='r'); open it with mode='a' to write results")
@@ -438,6 +444,8 @@ class ActivationStore:
 
     def read_result(self, name: str) -> xr.Dataset:
         """Load the result ``name`` (into memory) as an ``xr.Dataset``."""
+        import xarray as xr
+
         names = self.list_results()
         if name not in names:
             raise StoreError(f"no result {name!r} in {str(self.path)!r}; results are {closest_names(name, names) or names}")
