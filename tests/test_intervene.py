@@ -361,3 +361,13 @@ def test_mean_ablation_and_patch_from_activation_store(net, x, tmp_path) -> None
     with Patch(net, "1", store=store, samples=[11, 3, 8]):
         got = net(x)
     assert torch.allclose(got, net[4](net[3](net[2](torch.as_tensor(data.values[[11, 3, 8]])))), atol=1e-6)
+
+
+def test_input_capture_edits_the_module_input(net, x) -> None:
+    d = torch.arange(6.0)
+    with Steer(net, "2", d, scale=0.5, capture="input"):
+        on_input = net(x)
+    with Steer(net, "1", d, scale=0.5):
+        on_output = net(x)
+    assert torch.allclose(on_input, on_output)
+    assert torch.allclose(on_input, run_edited(net, x, lambda h: h + 0.5 * d))
