@@ -302,3 +302,127 @@ def test_unclosed_store_commits_at_exit(path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     got = ActivationStore(path)["s"].values
     np.testing.assert_array_equal(got[:, 0], np.repeat(np.arange(5), 3))
+
+
+@pytest.mark.parametrize(
+    "codec, name",
+    [("none", None), ("zstd:5", "zstd"), ("blosc-lz4", "blosc"), ("gzip:1", "gzip"), (None, None)],
+)
+def test_codec_argument(path, codec, name):
+    x = np.maximum(np.random.default_rng(0).standard_normal((64, 8)), 0).astype("f4")
+    with ActivationStore(path, mode="w", codec=codec, chunk_samples=32) as s:
+        s.append({"s": x})
+    meta = json.loads((path / "s" / "activation" / "zarr.json").read_text())
+    names = [c["name"] for c in meta["codecs"]][1:]  # after the "bytes" serializer
+    assert names == ([] if name is None else [name])
+    np.testing.assert_array_equal(ActivationStore(path)["s"].values, x)
+
+
+def test_default_codec_and_bad_codec(path):
+    from polysdk.store import DEFAULT_CODEC
+
+    with ActivationStore(path, mode="w") as s:
+        s.append({"s": np.ones((2, 2), "f4")})
+        assert s.attrs["polysdk"]["codec"] == DEFAULT_CODEC
+    meta = json.loads((path / "s" / "activation" / "zarr.json").read_text())
+    assert meta["codecs"][-1]["name"] == DEFAULT_CODEC.split(":")[0]
+    with pytest.raises(StoreError, match="unknown codec 'lzma'"):
+        ActivationStore(path.parent / "x.zarr", mode="w", codec="lzma")
+
+
+def test_auto_chunk_samples(path):
+    from polysdk.store._layout import MAX_AUTO_CHUNK_SAMPLES, TARGET_CHUNK_BYTES
+
+    with ActivationStore(path, mode="w") as s:  # chunk_samples=None: ~8 MiB per chunk
+        s.append({"big": np.zeros((2, 64, 32, 32), "f4"), "small": np.zeros((2, 3), "f4")})
+    big = _open_zarr(path, "big")["activation"].encoding["chunks"][0]
+    small = _open_zarr(path, "small")["activation"].encoding["chunks"][0]
+    assert big == TARGET_CHUNK_BYTES // (64 * 32 * 32 * 4)
+    assert small == MAX_AUTO_CHUNK_SAMPLES
+
+
+def test_live_reader_sees_whole_batches(path):
+    """A plain-xarray reader opening the store while it is written sees whole batches."""
+    sizes = [3, 1, 4, 1, 5, 9, 2, 6] * 3
+    ends = np.cumsum(sizes)
+    with ActivationStore(path, mode="w", chunk_samples=4, max_queue=2) as s:
+        seen = set()
+        for i, n in enumerate(sizes):
+            start = ends[i] - n
+            s.append({"s": np.arange(start, ends[i], dtype="f4")[:, None] * [1, -1]})
+            if (path / "s").exists():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        ds = xr.open_zarr(path, group="s", chunks=None)
+                    except KeyError:  # site not committed yet
+                        continue
+                k = ds.sizes["sample"]
+                assert k == 0 or k in ends
+                np.testing.assert_array_equal(ds["activation"].values[:, 0], np.arange(k))
+                seen.add(k)
+    assert len(seen) > 3
+
+
+def test_memory_stays_bounded(path):
+    """Peak traced memory while writing ~50 MB stays near chunk + queued batches."""
+    import tracemalloc
+
+    batch = np.ones((256, 256), "f4")  # 256 KiB
+    tracemalloc.start()
+    try:
+        with ActivationStore(path, mode="w", chunk_samples=512, max_queue=2, codec="none") as s:
+            for _ in range(200):
+                s.append({"s": batch})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    total = 200 * batch.nbytes
+    assert peak < 8 * 2**20 < total / 5, (peak, total)
+    assert ActivationStore(path).n_samples == 200 * 256
+
+
+def test_lazy_read_is_chunked(path):
+    """Reducing a site reads it chunk by chunk: peak memory is far below its size."""
+    import tracemalloc
+
+    x = np.arange(2048 * 512, dtype="f4").reshape(2048, 512)  # 4 MiB
+    with ActivationStore(path, mode="w", chunk_samples=128, codec="none") as s:
+        s.append({"s": x})
+    da = ActivationStore(path)["s"]
+    assert da.chunks[0] == (128,) * 16
+    import dask
+
+    tracemalloc.start()
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            m = float(da.mean().compute())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert m == pytest.approx(float(x.astype("f8").mean()), rel=1e-6)
+    assert peak < x.nbytes / 4, peak
+
+
+def test_interrupted_creation_reopens_empty(path):
+    path.mkdir()
+    (path / "zarr.json").write_text(json.dumps(
+        {"zarr_format": 3, "node_type": "group", "attributes": {"polysdk": {"format": 1}}}))
+    with ActivationStore(path, mode="a") as s:
+        assert s.n_samples == 0
+        s.append({"s": np.ones((2, 1))})
+    assert ActivationStore(path).n_samples == 2
+    other = path.parent / "plain.zarr"
+    other.mkdir()
+    (other / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
+    with pytest.raises(StoreError, match="not an activation store"):
+        ActivationStore(other, mode="a")
+
+
+def test_write_result_dataarray_and_readonly(path):
+    with ActivationStore(path, mode="w") as s:
+        s.append({"s": np.ones((2, 3), "f4")})
+        s.write_result("m", s["s"].mean("sample").rename("mean_act"))
+        np.testing.assert_array_equal(s.read_result("m")["mean_act"].values, [1, 1, 1])
+    with pytest.raises(StoreError, match="read-only"):
+        ActivationStore(path).write_result("x", xr.Dataset())
