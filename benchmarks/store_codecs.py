@@ -109,7 +109,8 @@ def main() -> None:
                 base = best["none"]
                 for codec, r in best.items():
                     print(f"{codec:>13} {r['write']:10.0f} {r['read']:9.0f} {r['ratio']:6.2f} "
-                          f"{r['t_write'] / base['t_write']:12.2f} {r['t_read'] / base['t_read']:11.2f} "
+                          f"{r['t_write'] / base['t_write']:12.2f} "
+                          f"{r['t_read'] / base['t_read']:11.2f} "
                           f"{r['c_write']:11.1f} {r['c_read']:11.1f} {r['peak']:8.0f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

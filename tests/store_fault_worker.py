@@ -57,15 +57,18 @@ def main(path: str, n_batches: int, results: bool = True) -> int:
     if results:  # rewrite the result once before "ready" (the first to_zarr is slow)
         import xarray as xr
 
-        store.write_result("progress/x", xr.Dataset({"v": ("u", np.full(50, k - 1))}), attrs={"i": k - 1})
+        progress = xr.Dataset({"v": ("u", np.full(50, k - 1))})
+        store.write_result("progress/x", progress, attrs={"i": k - 1})
     print("ready", k, flush=True)
     for i in range(k, n_batches):
         start = 0 if i == 0 else int(ends[i - 1])
         e = expected(start, int(ends[i]))
         store.append({"a": e["a"], "b.c": e["b.c"]}, dims=DIMS,
                      coords={"name": e["name"], "batch": np.full(batch_size(i), i)})
+        print(i, flush=True)  # lets the test pick the moment to kill
         if results and i % 25 == 24:
-            store.write_result("progress/x", xr.Dataset({"v": ("u", np.full(50, i))}), attrs={"i": i})
+            progress = xr.Dataset({"v": ("u", np.full(50, i))})
+            store.write_result("progress/x", progress, attrs={"i": i})
     store.close()
     print("done", flush=True)
     return 0

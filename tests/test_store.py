@@ -144,17 +144,20 @@ def test_append_resumes(path):
     np.testing.assert_array_equal(ds["sample"].values, np.arange(5))
 
 
+Y2 = {"y": np.arange(2)}
+
+
 @pytest.mark.parametrize(
     "arrays, dims, coords, match",
     [
-        ({"s": np.ones((2, 5), "f4")}, None, {"y": np.arange(2)}, r"'s'.*expected \(4,\), got \(5,\)"),
-        ({"s": np.ones((2, 4), "f8")}, None, {"y": np.arange(2)}, "dtype expected float32, got float64"),
-        ({"s": np.ones((2, 4), "f4")}, {"s": ("sample", "channel")}, {"y": np.arange(2)}, "dims expected"),
-        ({"s": np.ones((2, 4), "f4"), "t": np.ones((2, 4), "f4")}, None, {"y": np.arange(2)}, "sites differ"),
+        ({"s": np.ones((2, 5), "f4")}, None, Y2, r"'s'.*expected \(4,\), got \(5,\)"),
+        ({"s": np.ones((2, 4), "f8")}, None, Y2, "dtype expected float32, got float64"),
+        ({"s": np.ones((2, 4), "f4")}, {"s": ("sample", "channel")}, Y2, "dims expected"),
+        ({"s": np.ones((2, 4), "f4"), "t": np.ones((2, 4), "f4")}, None, Y2, "sites differ"),
         ({"s": np.ones((2, 4), "f4")}, None, None, "coordinates differ"),
         ({"s": np.ones((2, 4), "f4")}, None, {"y": np.array(["a", "b"])}, "coordinate 'y': dtype"),
         ({"s": np.ones((2, 4), "f4")}, None, {"y": np.arange(3)}, "3"),
-        ({"s": np.ones((2, 4), "f4")}, {"s": ("unit", "sample")}, {"y": np.arange(2)}, "first being 'sample'"),
+        ({"s": np.ones((2, 4), "f4")}, {"s": ("unit", "sample")}, Y2, "first being 'sample'"),
     ],
 )
 def test_schema_errors(path, arrays, dims, coords, match):
@@ -237,7 +240,8 @@ def test_results_roundtrip_and_replace(path):
         np.testing.assert_array_equal(got["score"].values, [0.1, 0.5, 0.9])
         assert got.attrs == {"a": 1, "min_cluster_size": 5}
         store.write_result("hdbscan/features.6", ds * 2)
-        np.testing.assert_array_equal(store.read_result("hdbscan/features.6")["score"].values, [0.2, 1.0, 1.8])
+        again = store.read_result("hdbscan/features.6")
+        np.testing.assert_array_equal(again["score"].values, [0.2, 1.0, 1.8])
         assert store.list_results() == ["hdbscan/features.6", "toy"]
         with pytest.raises(StoreError, match="nests"):
             store.write_result("hdbscan", ds)
@@ -294,7 +298,8 @@ def test_unclosed_store_commits_at_exit(path):
     pkg = Path(__file__).resolve().parents[1] / "polysdk"
     code = (
         "import sys, types, numpy as np\n"
-        f"p = types.ModuleType('polysdk'); p.__path__ = [{str(pkg)!r}]; sys.modules['polysdk'] = p\n"
+        f"p = types.ModuleType('polysdk'); p.__path__ = [{str(pkg)!r}]\n"
+        "sys.modules['polysdk'] = p\n"
         "from polysdk.store import ActivationStore\n"
         f"s = ActivationStore({str(path)!r}, mode='w', chunk_samples=64)\n"
         "for i in range(5): s.append({'s': np.full((3, 2), i, 'f4')})\n"

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import store_fault_worker as worker  # noqa: E402
 
-N_BATCHES = 250
+N_BATCHES = 400
 
 
 def _check_plain(path: Path, ends: np.ndarray) -> int:
@@ -74,7 +74,13 @@ def test_sigkill_then_plain_read_and_resume(tmp_path, trials):
         try:
             ready = proc.stdout.readline()
             assert ready.startswith("ready"), ready
-            time.sleep(rng.uniform(0.02, 0.3))
+            # kill after a random number of queued batches, plus a random delay, so the
+            # writer thread is caught at a random point (chunk write, resize, commit)
+            target = int(ready.split()[1]) + int(rng.integers(0, 30))
+            for line in proc.stdout:
+                if int(line) >= target:
+                    break
+            time.sleep(rng.uniform(0.0, 0.03))
         finally:
             proc.kill()  # SIGKILL: no cleanup runs
             proc.wait()

@@ -221,7 +221,10 @@ class Writer:
         stop = start + k
         rest: dict[str, np.ndarray] = {}
         for name, arr in self._arrays[site].items():
-            data = pieces[0][name] if len(pieces) == 1 else np.concatenate([p[name] for p in pieces])
+            if len(pieces) == 1:
+                data = pieces[0][name]
+            else:
+                data = np.concatenate([p[name] for p in pieces])
             if arr.shape[0] < stop:  # grow geometrically: few metadata writes
                 chunk = arr.chunks[0]
                 grown = -(-max(stop, 2 * arr.shape[0]) // chunk) * chunk
