@@ -431,3 +431,34 @@ def test_write_result_dataarray_and_readonly(path):
         np.testing.assert_array_equal(s.read_result("m")["mean_act"].values, [1, 1, 1])
     with pytest.raises(StoreError, match="read-only"):
         ActivationStore(path).write_result("x", xr.Dataset())
+
+
+def test_store_import_needs_no_torch_or_xarray():
+    """Layer 2 imports torch never and zarr/xarray lazily (fast writer subprocesses)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "polysdk"
+    code = (
+        "import sys, types\n"
+        f"p = types.ModuleType('polysdk'); p.__path__ = [{str(pkg)!r}]\n"
+        "sys.modules['polysdk'] = p\n"
+        "import polysdk.store\n"
+        "print(sorted(m for m in ('torch', 'xarray', 'zarr') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.gpu
+def test_cuda_tensors(path):
+    x = torch.randn(5, 3, device="cuda")
+    h = torch.randn(5, 2, device="cuda", dtype=torch.bfloat16)
+    with ActivationStore(path, mode="w") as s:
+        s.append({"a": x, "b": h}, coords={"label": torch.arange(5, device="cuda")})
+    r = ActivationStore(path)
+    np.testing.assert_array_equal(r["a"].values, x.cpu().numpy())
+    np.testing.assert_array_equal(r["b"].values, h.float().cpu().numpy())
+    np.testing.assert_array_equal(r["a"]["label"].values, np.arange(5))
