@@ -16,8 +16,10 @@ Cases
   backward into the mask logits, SGD), read from the wall-clock seconds ``fit``
   records per epoch (the first is the warm-up), so it is what users get.
 
-Every figure is the best of ``--repeat`` blocks of ``--steps`` steps (one step for
-ActGrad) after a warm-up, as ``timeit`` does: the machine may be shared.
+Timings run in one process, the cases interleaved over ``--repeat`` rounds after a
+warm-up round; each figure is the best round (a block of ``--steps`` steps, one for
+ActGrad), as ``timeit`` does, since the machine may be shared. Peak memory is then
+measured for each case alone in a fresh process.
 * ``CS step, no stop``: the same without stopping at the target.
 * ``CS step, kernel``: one logit per kernel.
 * ``SNIP pass`` / ``ActGrad pass``: one scoring batch.
@@ -54,24 +56,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Any, device: str, steps: int, repeat: int) -> float:
-    """Best of ``repeat`` blocks of ``steps`` calls (seconds per call), after a warm-up."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        _sync(device)
-        best = min(best, (time.perf_counter() - t0) / steps)
-    return best
+def _block(fn: Any, device: str, steps: int) -> float:
+    """Seconds per call of ``steps`` calls of ``fn``."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
 
 
-def _case(name: str, args: argparse.Namespace) -> float:
+def _measurer(name: str, args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor,
+              y: torch.Tensor) -> Any:
+    """A function that runs one timed block of the case and returns seconds per step."""
     from polysdk.mask import SNIP, ActGrad, ContinuousSparsification, SiteReader, select_unit
 
-    model, x, y = _build(args)
     dev = args.device
     xb = x[: args.batch].to(dev)
     yb = y[: args.batch].to(dev)
@@ -80,48 +79,52 @@ def _case(name: str, args: argparse.Namespace) -> float:
         def step() -> None:
             with torch.no_grad():
                 model(xb)
-        return _timed(step, dev, args.steps, args.repeat)
+        return lambda: _block(step, dev, args.steps)
     if name.startswith("train step"):
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6)
         to_target = name.endswith("to target")
-        reader = SiteReader(model, target).__enter__() if to_target else None
 
         def step() -> None:
-            if reader is not None:
-                act = select_unit(reader.run(lambda: model(xb)), unit, "center")
+            if to_target:
+                with SiteReader(model, target) as reader:
+                    act = select_unit(reader.run(lambda: model(xb)), unit, "center")
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(act, yb.float())
             else:
                 loss = torch.nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
-        return _timed(step, dev, args.steps, args.repeat)
+        return lambda: _block(step, dev, args.steps)
     if name.startswith("CS step"):
         kw = dict(params="features.*", batch_size=args.batch, progress=False, lam=1e-6,
                   stop_at_target=not name.endswith("no stop"),
                   granularity="kernel" if name.endswith("kernel") else "weight")
-        cs = ContinuousSparsification(model, target, unit, position="center", epochs=1 + args.repeat, **kw).fit(x, y)
-        # the first epoch is the warm-up; then the best epoch, like the other cases
-        return min(h["seconds"] / h["steps"] for h in cs.history_[1:])
+
+        def block() -> float:
+            cs = ContinuousSparsification(model, target, unit, position="center", epochs=2, **kw).fit(x, y)
+            return cs.history_[1]["seconds"] / cs.history_[1]["steps"]  # epoch 0 is the warm-up
+        return block
     if name == "SNIP pass":
-        return _timed(lambda: SNIP(model, target, unit, params="features.*", batch_size=args.batch).fit(xb),
-                      dev, args.steps, args.repeat)
+        return lambda: _block(lambda: SNIP(model, target, unit, params="features.*", batch_size=args.batch).fit(xb),
+                              dev, args.steps)
     if name == "ActGrad pass":
-        return _timed(lambda: ActGrad(model, target, unit, params="features.*", batch_size=args.batch).fit(xb),
-                      dev, 1, args.repeat)
+        return lambda: _block(lambda: ActGrad(model, target, unit, params="features.*", batch_size=args.batch).fit(xb),
+                              dev, 1)
     raise ValueError(name)
 
 
-def _child(name: str, args: argparse.Namespace, queue: Any) -> None:
+def _peak_child(name: str, args: argparse.Namespace, queue: Any) -> None:
+    """Peak memory of one case, alone in a fresh process (one block)."""
     torch.set_num_threads(args.threads)
+    model, x, y = _build(args)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    seconds = _case(name, args)
+    if name != "model and data only":
+        _measurer(name, args, model, x, y)()
     if args.device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
+        queue.put(torch.cuda.max_memory_allocated() / 2**20)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((seconds, peak))
+        queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 CASES = [
@@ -135,20 +138,32 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", nargs="*", default=CASES)
     args = parser.parse_args()
+    # peak memory first, while this process is small (a child inherits its parent's
+    # high-water mark): each case alone in a fresh process
     ctx = mp.get_context("spawn")
-    rows = []
-    for name in args.cases:
+    peaks = {}
+    for name in ["model and data only", *args.cases]:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(name, args, queue))
+        proc = ctx.Process(target=_peak_child, args=(name, args, queue))
         proc.start()
-        seconds, peak = queue.get()
+        peaks[name] = queue.get()
         proc.join()
-        rows.append((name, seconds, peak))
+    torch.set_num_threads(args.threads)
+    # timings: every case in one process, interleaved over rounds, best round kept
+    model, x, y = _build(args)
+    measure = {name: _measurer(name, args, model, x, y) for name in args.cases}
+    for fn in measure.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in args.cases}
+    for _ in range(args.repeat):
+        for name, fn in measure.items():
+            best[name] = min(best[name], fn())
+    rows = [(name, best[name], peaks[name]) for name in args.cases]
     ref = dict((n, s) for n, s, _ in rows).get("train step, full")
     print(f"AlexNet (random weights), {args.size}px, batch {args.batch}, device {args.device}, "
           f"{args.threads} threads, target features.10 unit 3, params features.*")
@@ -156,6 +171,7 @@ def main() -> None:
     for name, seconds, peak in rows:
         ratio = f"{seconds / ref:.2f}" if ref else "-"
         print(f"{name:<24}{seconds:>10.3f}{ratio:>14}{peak:>10.0f}")
+    print(f"{'model and data only':<24}{'':>10}{'':>14}{peaks['model and data only']:>10.0f}")
 
 
 if __name__ == "__main__":
