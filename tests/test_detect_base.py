@@ -220,3 +220,14 @@ def test_concept_set_with_no_texts():
     with pytest.raises(DetectorInputError, match="concept set 'poetry' has no texts"):
         ConceptSets.record(pc.model, pc.tokenizer, {"medical": pc.texts["medical"],
                                                     "poetry": []}, site="act")
+
+
+def test_custom_detector_example_runs(capsys):
+    import runpy
+    from pathlib import Path
+
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "custom_detector.py"),
+                   run_name="__main__")
+    out = capsys.readouterr().out
+    assert "TopClassShare()" in out and "precision 1.00 recall 1.00" in out
+    assert "reloaded TopClassShare()" in out
