@@ -167,8 +167,12 @@ def make_embedding(N: int, m: int, generator: torch.Generator) -> Tensor:
     return u.T.contiguous().to(torch.float32)
 
 
-def apply_nonlinearity(name: str, h: Tensor) -> Tensor:
-    """ReLU, GeLU (erf form) or SoLU = x * exp(x)."""
+def apply_nonlinearity(name: str, h: Tensor, out: Tensor | None = None) -> Tensor:
+    """ReLU, GeLU (erf form) or SoLU = x * exp(x) (into ``out`` when given)."""
+    if out is not None:
+        if name == "ReLU":
+            return torch.clamp_min(h, 0.0, out=out)
+        return out.copy_(apply_nonlinearity(name, h))
     if name == "ReLU":
         return torch.relu(h)
     if name == "GeLU":
@@ -198,17 +202,22 @@ def sample_features(generators: Sequence[torch.Generator], probs: Tensor, batch:
                     out: Tensor | None = None) -> Tensor:
     """Draw v: [K, batch, N], each value uniform on [0, 1) kept with probability p_i.
 
-    Instance i draws ``[2, batch, N]`` uniforms from ``generators[i]`` only (values,
-    then the keep test ``u < p_i``), so its stream does not depend on the other
-    instances. ``out`` may be a ``[K, 2, batch, N]`` scratch buffer to reuse.
+    One uniform u per entry: the feature is kept when ``u < p_i`` and its value is then
+    ``u / p_i``, which (given ``u < p_i``) is uniform on [0, 1) and independent of the
+    keep decision: the original's distribution (a uniform value times a Bernoulli(p_i)
+    mask) with half the random numbers. Instance i draws from ``generators[i]`` only,
+    so its stream does not depend on the other instances. ``out`` may be a
+    ``[K, 2, batch, N]`` scratch buffer to reuse.
     """
     K, N = probs.shape
     if out is None:
         out = torch.empty((K, 2, batch, N), device=probs.device)
+    u, v = out[:, 0], out[:, 1]
     for i, gen in enumerate(generators):
-        torch.rand((2, batch, N), generator=gen, out=out[i])
-    values, keep = out[:, 0], out[:, 1]
-    return values.mul_(keep < probs.unsqueeze(1))
+        torch.rand((batch, N), generator=gen, out=u[i])
+    p = probs.unsqueeze(1)
+    torch.div(u, p, out=v)
+    return v.masked_fill_(u >= p, 0.0)
 
 
 # ----------------------------------------------------------------------------- models

@@ -123,6 +123,16 @@ def preset_config(batch: str, quick: bool = False) -> tuple[dict[str, Any], dict
 _CONFIG_FIELDS = [f for f in ToyConfig.__dataclass_fields__]
 
 
+def _describe(fixed: Mapping[str, Any], sweep: Mapping[str, list]) -> str:
+    fixed = {**ToyConfig().to_dict(), **fixed}
+    shown = {"task": "", "nonlinearity": "", "sample_kind": "", "k": "k=", "eps": "eps=",
+             "learning_rate": "lr=", "decay": "decay=", "initial_bias": "bias=", "reg": "reg="}
+    parts = [f"{pre}{fixed[key]:.4g}" if isinstance(fixed[key], float) else f"{pre}{fixed[key]}"
+             for key, pre in shown.items() if key not in sweep and key in fixed]
+    swept = "; ".join(f"sweep {v} ({len(vals)} values)" for v, vals in sweep.items())
+    return f"{swept}; " + " ".join(parts)
+
+
 @register_study
 class ToyModelStudy(Study):
     """Sweeps of toy models (seed 002); see the module docstring.
@@ -154,8 +164,7 @@ class ToyModelStudy(Study):
 
     name = "toy-models"
     description = "toy models of superposition (seed 002): Table 1 sweeps, monosemanticity"
-    presets = {k: ", ".join(f"{v} sweep" for v in s) + f" ({f['task']}, {f['nonlinearity']}, "
-               f"{f['sample_kind']})" for k, (f, s) in PRESETS.items()}
+    presets = {k: _describe(f, s) for k, (f, s) in PRESETS.items()}
 
     def __init__(self, batch: str | None = "LR1", *, quick: bool = False,
                  sweep: Mapping[str, Sequence[Any]] | None = None, seeds: int = 1,

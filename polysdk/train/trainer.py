@@ -118,11 +118,19 @@ def train_toy_models(configs: Sequence[ToyConfig], seeds: Sequence[int],
     ck_acts = np.zeros((K, len(ckpts), k, N), dtype=np.float32)
     ck_bias = np.zeros((K, len(ckpts)), dtype=np.float64)
 
-    v_buf = torch.empty((K, 2, B, N), device=device)
-    v2_buf = torch.empty((K, 2, B, N), device=device) if task == "abs" else None
+    # every per-step tensor is a buffer allocated once (no allocator traffic per step)
+    def buf(*shape: int) -> Tensor:
+        return torch.empty(shape, device=device)
+
+    v_buf = buf(K, 2, B, N)
+    v2_buf = buf(K, 2, B, N) if task == "abs" else None
+    x, h, a, d_a = buf(K, B, m), buf(K, B, k), buf(K, B, k), buf(K, B, k)
+    diff, proj = buf(K, B, out_dim), (buf(K, B, out_dim) if task == "re-projector" else None)
+    gW1_buf, gW2_buf, gb1_buf = buf(K, k, m), buf(K, out_dim, k), buf(K, k)
     E_T = models.embed.transpose(1, 2)                                   # [K, N, m]
     P_T = None if models.target_embed is None else models.target_embed.transpose(1, 2)
     W1, b1, W2 = models.W1, models.b1, models.W2
+    relu_backward = torch.ops.aten.threshold_backward.grad_input
 
     bar = tqdm(range(T), desc=progress if isinstance(progress, str) else "train",
                disable=not progress, leave=False, unit="step", mininterval=0.5)
@@ -131,29 +139,29 @@ def train_toy_models(configs: Sequence[ToyConfig], seeds: Sequence[int],
             v = sample_features(gens, probs, B, out=v_buf)
             if v2_buf is not None:
                 v = v.sub_(sample_features(gens, probs, B, out=v2_buf))
-            x = torch.bmm(v, E_T)                                        # [K, B, m]
+            torch.bmm(v, E_T, out=x)                                     # [K, B, m]
             if task == "decoder":
                 target = v
             elif task == "re-projector":
-                target = torch.bmm(v, P_T)
+                target = torch.bmm(v, P_T, out=proj)
             else:
-                target = v.abs()
-            h = torch.baddbmm(b1.unsqueeze(1), x, W1.transpose(1, 2))     # [K, B, k]
-            a = apply_nonlinearity(nl, h)
-            diff = torch.bmm(a, W2.transpose(1, 2)).sub_(target)         # [K, B, out]
+                target = v.abs_()
+            torch.baddbmm(b1.unsqueeze(1), x, W1.transpose(1, 2), out=h)  # [K, B, k]
+            apply_nonlinearity(nl, h, out=a)
+            torch.bmm(a, W2.transpose(1, 2), out=diff).sub_(target)       # [K, B, out]
             if step % LOSS_EVERY == 0:
                 loss_log[:, step // LOSS_EVERY] = diff.square().sum((1, 2)) / B
             diff.mul_(2.0 / B)                                           # d loss / d out
-            g_W2.copy_(torch.bmm(diff.transpose(1, 2), a))
-            d_a = torch.bmm(diff, W2)                                    # [K, B, k]
+            g_W2.copy_(torch.bmm(diff.transpose(1, 2), a, out=gW2_buf))
+            torch.bmm(diff, W2, out=d_a)                                 # [K, B, k]
             if any_reg:
                 d_a.add_(torch.sign(a) * reg)
-            if nl == "ReLU":   # fused d_a * (a > 0), as autograd does for ReLU
-                d_h = torch.ops.aten.threshold_backward(d_a, a, 0.0)
+            if nl == "ReLU":   # d_a * (a > 0), fused, as autograd does for ReLU
+                d_h = relu_backward(d_a, a, 0.0, grad_input=h)
             else:
                 d_h = d_a.mul_(nonlinearity_grad(nl, h))
-            g_W1.copy_(torch.bmm(d_h.transpose(1, 2), x))
-            g_b1.copy_(d_h.sum(1))
+            g_W1.copy_(torch.bmm(d_h.transpose(1, 2), x, out=gW1_buf))
+            g_b1.copy_(torch.sum(d_h, 1, out=gb1_buf))
             opt.step(grad, base_lr * float(lr_factors[step]))
             if any_decay and step < T / 2:
                 b1.mul_(decay_mult)
