@@ -36,13 +36,8 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import xarray as xr
 
-from polysdk.errors import (
-    ConfigError,
-    DetectorInputError,
-    NotFittedError,
-    SiteNotFoundError,
-    closest_names,
-)
+from polysdk.detect._source import jsonable, resolve_source
+from polysdk.errors import ConfigError, DetectorInputError, NotFittedError, closest_names
 
 __all__ = ["Detector", "register", "available_detectors", "get_detector_class"]
 
@@ -140,66 +135,6 @@ def get_detector_class(name: str) -> type["Detector"]:
             f"unknown detector {name!r}.{hint} Known detectors: {', '.join(known) or '(none)'}. "
             "Register your own with polysdk.detect.register or the 'polysdk.detectors' "
             "entry-point group.") from None
-
-
-# --------------------------------------------------------------------------- helpers
-def _jsonable(value: Any) -> tuple[bool, Any]:
-    try:
-        json.dumps(value)
-        return True, value
-    except (TypeError, ValueError):
-        if isinstance(value, tuple):
-            ok = all(_jsonable(v)[0] for v in value)
-            return ok, list(value)
-        return False, repr(value)
-
-
-def _resolve_source(source: Any, site: str | None) -> xr.DataArray:
-    """Turn what the user passed into one labelled DataArray (not yet computed)."""
-    if isinstance(source, xr.DataArray):
-        return source
-    if isinstance(source, xr.Dataset):
-        if "activation" in source.data_vars:
-            return source["activation"]
-        raise DetectorInputError(
-            f"the Dataset given to fit has no 'activation' variable (it has "
-            f"{list(source.data_vars)}); pass the DataArray itself, e.g. ds['my_var'].")
-    if hasattr(source, "read_result") and hasattr(source, "__getitem__"):  # ActivationStore
-        sites = _store_sites(source)
-        if site is None:
-            if len(sites) == 1:
-                site = sites[0]
-            else:
-                raise DetectorInputError(
-                    f"fit was given a whole store with sites {sites}; choose one with "
-                    "fit(store, site='...') or pass store['<site>'].")
-        if sites and site not in sites:
-            close = closest_names(site, sites)
-            raise SiteNotFoundError(
-                f"site {site!r} is not in the store; closest: {close or sites}. "
-                f"Pass one of {sites}.")
-        da = source[site]
-        if isinstance(da, xr.Dataset):
-            da = da["activation"]
-        return da
-    if isinstance(source, np.ndarray):
-        raise DetectorInputError(
-            f"fit got a bare numpy array of shape {source.shape}; detectors need named dims. "
-            "Wrap it: xr.DataArray(arr, dims=('sample', 'unit')).")
-    raise DetectorInputError(
-        f"fit cannot read a source of type {type(source).__name__}; pass an ActivationStore "
-        "site (store['features.6']), an xarray.DataArray with dims ('sample', 'unit', ...), "
-        "or a model for weight-based detectors.")
-
-
-def _store_sites(store: Any) -> list[str]:
-    for attr in ("sites", "site_names"):
-        val = getattr(store, attr, None)
-        if callable(val):
-            val = val()
-        if val is not None:
-            return list(val)
-    return []
 
 
 # --------------------------------------------------------------------------- Detector
@@ -336,7 +271,7 @@ class Detector:
             lab = labels
             n_units = None
         else:
-            acts = _resolve_source(source, site)
+            acts = resolve_source(source, site)
             self._check_dims(acts)
             lab = self._resolve_labels(acts, labels)
             if not self._checks_finite_itself:
@@ -488,7 +423,7 @@ class Detector:
                 version = "unknown"
         params, skipped = {}, []
         for k, v in self.get_params().items():
-            ok, val = _jsonable(v)
+            ok, val = jsonable(v)
             if ok:
                 params[k] = val
             else:

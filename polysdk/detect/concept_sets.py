@@ -175,7 +175,7 @@ class ConceptSets(Detector):
             raise DetectorInputError(f"texts at samples {bad} have no unmasked tokens; drop them "
                                      "or fix the mask coordinate.")
         m = da.from_array(mask.astype(np.float64), chunks=(acts.data.chunks[0], -1))
-        x = acts.data.rechunk({1: -1, 2: -1}) if acts.data.chunks[1:] != ((acts.sizes["position"],), (n_units,)) else acts.data
+        x = acts.data.rechunk({1: -1, 2: -1})  # whole texts per chunk (no-op if already)
         m = m.rechunk((x.chunks[0], -1))
         masked = da.where(m[:, :, None] > 0, x.astype(np.float64), 0.0)
         text_mean = masked.sum(1) / length[:, None]  # (sample, unit)
