@@ -204,3 +204,52 @@ def test_penalty_is_lam_times_sum_of_soft_weight_masks():
         epochs=1, lr=0.0, batch_size=4, penalize="all", progress=False,
     ).fit(x, y)
     assert cs_all.history_[0]["penalty"] == pytest.approx(0.1 * (n_weights + 5) / (1 + math.exp(-0.6)), rel=1e-5)
+
+
+class Aliased(nn.Module):
+    """One Linear registered under two names, and a weight tied into a second Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 2)
+        self.b = self.a
+        self.c = nn.Linear(2, 2, bias=False)
+        self.c.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.b(x))
+
+
+def test_masked_call_is_safe_with_aliased_modules_and_tied_weights():
+    torch.manual_seed(0)
+    net = Aliased()
+    w, x = net.a.weight, torch.randn(3, 2)
+    before = net(x).detach()
+    zero = masked_call(net, {"a.weight": torch.zeros(2, 2)}, x)
+    # the tied weight is masked in both places: c(a(x)) = 0 @ (0 @ x + b) = 0
+    assert torch.equal(zero, torch.zeros(3, 2))
+    # torch.func.functional_call (torch 2.14) would leave the zeros in one slot here
+    assert net.a.weight is w and net.b.weight is w and net.c.weight is w
+    assert torch.equal(net(x), before)
+    with pytest.raises(RuntimeError):
+        masked_call(net, {"a.weight": torch.zeros(2, 2)}, torch.randn(3, 5))
+    assert net.a.weight is w and torch.equal(net(x), before)
+
+
+def test_maskers_on_a_transformer_lens_bridge(tl_model, tl_tokens):
+    from polysdk.mask import SNIP, UnitMask
+
+    tokens = torch.randint(0, 20, (32, 8), generator=torch.Generator().manual_seed(3))
+    before = tl_model(tokens).detach()
+    labels = (tokens[:, 3] < 10).long()
+    cs = ContinuousSparsification(
+        tl_model, "blocks.1.mlp.hook_post", unit=5, position=(3,), epochs=2, lam=1e-5,
+        batch_size=16, progress=False,
+    ).fit(tokens, labels)
+    assert any("head" in n for n in cs.unused_)  # the unembedding cannot reach the MLP of block 1
+    snip = SNIP(tl_model, "blocks.1.mlp.hook_post", unit=5, position=(3,)).fit(tokens)
+    assert snip.n_reachable_ > 0
+    with UnitMask(tl_model, "blocks.0.hook_resid_post", units=[1, 2]):
+        changed = tl_model(tokens)
+    assert not torch.allclose(changed, before)
+    assert torch.equal(tl_model(tokens), before)  # nothing left behind on the bridge

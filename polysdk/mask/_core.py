@@ -1,8 +1,10 @@
 """Shared plumbing of the maskers: parameter selection, masked forward, site reading.
 
-Parameter masks never touch the model: :func:`masked_call` runs the model through
-:func:`torch.func.functional_call` with ``weight * mask`` in place of each masked
-parameter, so nothing is left behind on any path (exception, interrupt). Activations
+Parameter masks never touch the model's tensors: :func:`masked_call` runs the model
+with ``weight * mask`` swapped into each masked parameter's slot for the duration of
+the call (:func:`swapped_parameters`, like :func:`torch.func.functional_call` but safe
+with aliased submodules), and the original parameters are back on every path
+(return, exception, interrupt). Activations
 are read only through :mod:`polysdk.sites`.
 
 *Stopping the forward pass at the target.* :class:`SiteReader` keeps the value of one
@@ -16,6 +18,7 @@ which case pass ``stop_at_target=False``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,6 +32,7 @@ __all__ = [
     "expand_mask",
     "iter_batches",
     "masked_call",
+    "swapped_parameters",
     "select_parameters",
     "select_unit",
 ]
@@ -90,6 +94,42 @@ def expand_mask(mask: torch.Tensor, shape: torch.Size | Sequence[int]) -> torch.
     return mask.reshape(tuple(mask.shape) + (1,) * (len(shape) - mask.ndim)).expand(shape)
 
 
+@contextmanager
+def swapped_parameters(model: Any, replacements: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Within the block, every module slot holding parameter ``name`` holds
+    ``replacements[name]`` instead; the original ``Parameter`` objects are put back on
+    exit, however the block ends.
+
+    Unlike :func:`torch.func.functional_call` (torch 2.14), this is safe on models
+    that register one submodule under several names (a TransformerLens
+    ``TransformerBridge`` does): functional_call restores aliased slots in an order
+    that leaves the replacement in place, silently corrupting the model. Tied
+    parameters (one ``Parameter`` in two modules) are replaced in both slots.
+    """
+    module = unwrap_model(model)
+    own = dict(module.named_parameters())
+    by_id: dict[int, torch.Tensor] = {}
+    for name, tensor in replacements.items():
+        if name not in own:
+            raise ConfigError(
+                f"mask for {name!r} names no parameter of {type(module).__name__}; "
+                f"keys must be names from model.named_parameters()"
+            )
+        by_id[id(own[name])] = tensor
+    slots: list[tuple[nn.Module, str, nn.Parameter]] = []
+    for sub in module.modules():  # each module object once, however many names it has
+        for attr, p in sub._parameters.items():
+            if p is not None and id(p) in by_id:
+                slots.append((sub, attr, p))
+    try:
+        for sub, attr, p in slots:
+            sub._parameters[attr] = by_id[id(p)]  # type: ignore[assignment]
+        yield
+    finally:
+        for sub, attr, p in reversed(slots):
+            sub._parameters[attr] = p
+
+
 def masked_call(
     model: Any, masks: Mapping[str, torch.Tensor], *args: Any, detach: bool = False, **kwargs: Any
 ) -> Any:
@@ -98,6 +138,8 @@ def masked_call(
 
     Hooks attached through :mod:`polysdk.sites` fire as usual, so a ``Probe`` can
     record the subnetwork. With ``detach=True`` the model's weights get no gradient.
+    The model's own parameters are back in place when the call returns or raises
+    (see :func:`swapped_parameters`).
 
     >>> net = nn.Linear(2, 1, bias=False)
     >>> with torch.no_grad():
@@ -117,7 +159,8 @@ def masked_call(
         p = own[name].detach() if detach else own[name]
         m = expand_mask(mask.to(device=p.device), p.shape)
         replaced[name] = p * m.to(p.dtype) if m.dtype == torch.bool else p * m
-    return torch.func.functional_call(module, replaced, args, kwargs, strict=False)
+    with swapped_parameters(module, replaced):
+        return module(*args, **kwargs)
 
 
 def select_unit(
