@@ -155,6 +155,8 @@ def test_save_and_load_roundtrip_through_the_store(tmp_path):
     assert back.result_["top_token"].values.tolist() == cs.result_["top_token"].values.tolist()
     with pytest.raises(NotFittedError):
         ClassSelectivity().save(store)
+    with pytest.raises(SiteNotFoundError, match="'fx' is not in the store.*'fc'"):
+        ClassSelectivity().fit(store, site="fx")
 
 
 # ------------------------------------------------------------------ bad input
