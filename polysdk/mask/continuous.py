@@ -231,7 +231,13 @@ class ContinuousSparsification:
         self, x: torch.Tensor, labels: Any = None, *, x_val: torch.Tensor | None = None,
         labels_val: Any = None,
     ) -> ContinuousSparsification:
-        """Train the mask logits on ``x`` (and ``labels`` for the contrastive objective)."""
+        """Train the mask logits on ``x`` (and ``labels`` for the contrastive objective).
+
+        ``x`` is a tensor of inputs (first axis = sample; batches are drawn from it with
+        a generator seeded by ``seed``); ``labels`` holds 1 (chosen cluster), 0 (the
+        other) or -1 (dropped, e.g. HDBSCAN noise). ``x_val``/``labels_val`` are the
+        held-out inputs whose objective goes into ``objective_val_`` and ``result_``.
+        """
         self._check()
         objective = resolve_objective(self.objective)
         device = model_device(self.model)
