@@ -6,11 +6,13 @@
     Detector.from_name("hdbscan", top_k=500)                  # by registry name
 
 Built-ins: ``class_selectivity`` (seed 001), ``hdbscan`` (seed 000), ``concept_sets``
-(seed 003), ``concept_ranking`` (seed 004). Third-party detectors register through the
+(seed 003), ``concept_ranking`` (seed 004), ``feature_capacity`` (seed 002, from a
+model's weights and feature embedding). Third-party detectors register through the
 ``polysdk.detectors`` entry-point group (see docs/detectors.md).
 """
 
 from polysdk.detect.base import Detector, available_detectors, get_detector_class, register
+from polysdk.detect.capacity import FeatureCapacity
 from polysdk.detect.class_selectivity import ClassSelectivity
 from polysdk.detect.concept_ranking import ConceptRanking
 from polysdk.detect.concept_sets import ConceptSets
@@ -18,4 +20,4 @@ from polysdk.detect.hdbscan_clusters import HDBSCANClusters
 
 __all__ = ["Detector", "register", "available_detectors", "get_detector_class",
            "ClassSelectivity", "HDBSCANClusters", "ConceptSets",
-           "ConceptRanking"]
+           "ConceptRanking", "FeatureCapacity"]
