@@ -52,6 +52,8 @@ class ActivationStore:
         Compression (``"zstd:1"`` default, ``"blosc-lz4"``, ``"none"``...).
     max_queue : int
         Batches that may wait for the background writer before ``append`` blocks.
+        Memory held by the store is at most about ``max_queue + 1`` batches plus one
+        chunk per site (the unwritten tail, kept to write whole chunks).
     attrs : dict, optional
         Stored in the root attributes (e.g. ``{"model": "alexnet"}``).
 
@@ -72,7 +74,7 @@ class ActivationStore:
         mode: str = "r",
         chunk_samples: int | None = None,
         codec: Any = L.DEFAULT_CODEC,
-        max_queue: int = 8,
+        max_queue: int = 4,
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in _MODES:
