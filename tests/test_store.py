@@ -462,3 +462,13 @@ def test_cuda_tensors(path):
     np.testing.assert_array_equal(r["a"].values, x.cpu().numpy())
     np.testing.assert_array_equal(r["b"].values, h.float().cpu().numpy())
     np.testing.assert_array_equal(r["a"]["label"].values, np.arange(5))
+
+
+def test_reader_follows_writer(path):
+    with ActivationStore(path, mode="w", chunk_samples=2) as w:
+        r = ActivationStore(path)  # opened before any data
+        assert r.n_samples == 0 and r.sites == []
+        w.append({"s": np.ones((3, 2))})
+        w.flush()
+        assert r.n_samples == 3 and r.sites == ["s"]
+        assert r["s"].shape == (3, 2)

@@ -285,14 +285,25 @@ class ActivationStore:
                 pass
 
     # ------------------------------------------------------------------ reading
+    def _refresh(self) -> None:
+        """Read-only stores follow a writer in another process: re-read the record."""
+        if self._writer is None and (self.path / L.ROOT_META).exists():
+            rec = L.read_commit_record(self.path)
+            if rec is not None:
+                self._committed = int(rec[0].get("n_samples", 0))
+                if not self._schema.sites:
+                    self._schema = Schema.from_metadata(rec[1])
+
     @property
     def n_samples(self) -> int:
         """Committed samples (what a reader sees)."""
+        self._refresh()
         return self._committed
 
     @property
     def sites(self) -> list[str]:
         """Site names, in the order of the first batch."""
+        self._refresh()
         return list(self._schema.sites)
 
     @property
@@ -312,6 +323,7 @@ class ActivationStore:
         import xarray as xr
 
         self._sync()
+        self._refresh()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated.*")
             if site is None:
