@@ -132,7 +132,10 @@ class Writer:
             self._thread.join()
             _LIVE.discard(self)
             if self.error is None:
-                self._trim()
+                try:
+                    self._trim()
+                except Exception as exc:  # noqa: BLE001 - reported as WriterError
+                    self.error = exc
 
     def _trim(self) -> None:
         # arrays grow ahead of the data; the commit record already hides the excess,
