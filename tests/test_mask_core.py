@@ -253,3 +253,24 @@ def test_maskers_on_a_transformer_lens_bridge(tl_model, tl_tokens):
         changed = tl_model(tokens)
     assert not torch.allclose(changed, before)
     assert torch.equal(tl_model(tokens), before)  # nothing left behind on the bridge
+
+
+def test_maskers_through_an_nnsight_wrapper():
+    import nnsight
+
+    from polysdk.mask import SNIP
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    wrapped = nnsight.NNsight(net)
+    x = torch.randn(32, 4)
+    cs = ContinuousSparsification(wrapped, "2", unit=0, epochs=2, progress=False).fit(x, (x[:, 0] > 0).long())
+    assert sorted(cs.masks_) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert torch.allclose(cs.activations(x[:3], masked=False), net(x[:3])[:, 0].detach())
+    net.zero_grad()
+    net[2](torch.relu(net[0](x)))[:, 0].abs().sum().backward()
+    ref = (net[2].weight * net[2].weight.grad).abs()
+    snip = SNIP(wrapped, "2", unit=0).fit(x)
+    total = sum(float((p * p.grad).abs().sum().detach()) for p in (net[0].weight, net[2].weight))
+    assert torch.allclose(snip.scores_["2.weight"], ref.detach() / total, rtol=1e-4)
+    assert no_hooks(net)
