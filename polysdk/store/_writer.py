@@ -173,7 +173,10 @@ class Writer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             g = zarr.open_group(store=str(self.root / site), mode="r+", use_consolidated=False)
-            self._arrays[site] = {name: arr for name, arr in g.arrays()}
+            # every chunk we write holds data: skip zarr's per-chunk "all fill value?" scan
+            self._arrays[site] = {
+                name: arr.with_config({"write_empty_chunks": True}) for name, arr in g.arrays()
+            }
         self._pending[site] = []
         self._pending_n[site] = 0
 
@@ -193,6 +196,7 @@ class Writer:
                     compressors=s.compressors,
                     dimension_names=s.dims,
                     attributes=s.attrs,
+                    config={"write_empty_chunks": True},  # skip the per-chunk fill-value scan
                 )
         self._arrays[site] = arrays
         self._pending[site] = []
