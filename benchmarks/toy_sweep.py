@@ -37,7 +37,7 @@ from typing import Any
 
 SIZES = {
     # the quick scale of ``ToyModelStudy(quick=True)``; steps shortened for timing
-    "quick": dict(N=64, m=8, k=128, log2_batch_size=7, log2_training_steps=10),
+    "quick": dict(N=64, m=16, k=128, log2_batch_size=7, log2_training_steps=10),
     # the paper's sizes (N=512, m=64, k=1024, batch 2**13); a few steps only on CPU
     "paper": dict(N=512, m=64, k=1024, log2_batch_size=13, log2_training_steps=2),
 }

@@ -55,7 +55,9 @@ def test_table1_presets() -> None:
     assert (f["task"], f["k"], f["learning_rate"]) == ("abs", 2048, 0.007) and "decay" in s
     assert preset_config("LR5")[0]["k"] == 2048
     f, s = preset_config("K1", quick=True)
-    assert (f["N"], f["m"], f["log2_batch_size"], f["log2_training_steps"]) == (64, 8, 7, 12)
+    assert (f["N"], f["m"], f["log2_batch_size"], f["log2_training_steps"]) == (64, 16, 7, 12)
+    assert f["decay"] == pytest.approx(0.03 * 32)          # total decay kept over 2**12 steps
+    assert preset_config("D1", quick=True)[1]["decay"][0] == pytest.approx(0.1 * 32)
     assert s["k"] == [2, 4, 8, 16, 32, 64, 128, 256]
     with pytest.raises(ConfigError, match="LR1"):
         preset_config("LR9")

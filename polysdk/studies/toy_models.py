@@ -7,8 +7,10 @@
 
 Every row of the seed's Table 1 is a preset (``PRESETS``; the second "B3", the GeLU
 row, is ``G3``) with the paper's sizes (N=512, m=64, k=1024 or 2048, batch 2**13,
-2**17 steps) and its swept values. ``quick=True`` scales a preset for CPUs: N=64, m=8,
-k / 8, batch 2**7, 2**12 steps (same eps, rates, decays, offsets). Instances = every
+2**17 steps) and its swept values. ``quick=True`` scales a preset for CPUs: N=64,
+m=16, k / 8, batch 2**7, 2**12 steps, decays x 32 (so the bias decays as much over the
+32x shorter run); eps, rates and offsets unchanged. ``--set``/keyword overrides apply
+after that scaling, unscaled. Instances = every
 combination of the swept values x ``seeds`` replicates (instance seed = seed +
 replicate, so the sweep values of one replicate share embedding, init and data).
 
@@ -90,11 +92,26 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, list[Any]]]] = {
 }
 
 #: the CPU scale of ``quick=True`` (k and swept k values are divided by 8 = 512 / N)
-QUICK = dict(N=64, m=8, log2_batch_size=7, log2_training_steps=12, k_divisor=8)
+QUICK = dict(N=64, m=16, log2_batch_size=7, log2_training_steps=12)
+#: k (and swept k values) are divided by 512 / 64 at the quick scale
+QUICK_K_DIVISOR = 8
+#: the quick run has 2**5 fewer steps than the paper's: decays are multiplied by this so
+#: the first-layer bias decays as much over the run as in the paper's 2**17 steps
+QUICK_DECAY_SCALE = 2 ** (17 - 12)
+
+
+def _apply_quick(fixed: dict[str, Any], sweep: dict[str, list]) -> None:
+    fixed.update(QUICK)
+    fixed["k"] = _quick_k(fixed["k"])
+    fixed["decay"] = fixed.get("decay", 0.0) * QUICK_DECAY_SCALE
+    if "k" in sweep:
+        sweep["k"] = [_quick_k(k) for k in sweep["k"]]
+    if "decay" in sweep:
+        sweep["decay"] = [d * QUICK_DECAY_SCALE for d in sweep["decay"]]
 
 
 def _quick_k(k: Any) -> int:
-    return max(1, int(k) // QUICK["k_divisor"])
+    return max(1, int(k) // QUICK_K_DIVISOR)
 
 
 def preset_config(batch: str, quick: bool = False) -> tuple[dict[str, Any], dict[str, list]]:
@@ -113,10 +130,7 @@ def preset_config(batch: str, quick: bool = False) -> tuple[dict[str, Any], dict
     fixed, sweep = PRESETS[key]
     fixed, sweep = dict(fixed), {k: list(v) for k, v in sweep.items()}
     if quick:
-        fixed.update({k: v for k, v in QUICK.items() if k != "k_divisor"})
-        fixed["k"] = _quick_k(fixed["k"])
-        if "k" in sweep:
-            sweep["k"] = [_quick_k(k) for k in sweep["k"]]
+        _apply_quick(fixed, sweep)
     return fixed, sweep
 
 
@@ -142,7 +156,7 @@ class ToyModelStudy(Study):
     batch : str or None
         A Table 1 preset ("LR1" ... "D1", "G3"); None starts from the paper's defaults.
     quick : bool
-        CPU scale (N=64, m=8, k/8, batch 2**7, 2**12 steps).
+        CPU scale (N=64, m=16, k/8, batch 2**7, 2**12 steps, decays x 32).
     sweep : dict, optional
         ``{variable: values}`` replacing the preset's sweep (several = a grid).
     seeds : int
@@ -180,11 +194,9 @@ class ToyModelStudy(Study):
         if self.batch is not None:
             fixed, preset_sweep = preset_config(self.batch, self.quick)
         else:
-            fixed = dict(_PAPER)
+            fixed, preset_sweep = dict(_PAPER), {}
             if self.quick:
-                fixed.update({k: v for k, v in QUICK.items() if k != "k_divisor"})
-                fixed["k"] = _quick_k(fixed["k"])
-            preset_sweep = {}
+                _apply_quick(fixed, preset_sweep)
         fixed.update(params)
         self.sweep = {str(k): list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
                       for k, v in (sweep if sweep is not None else preset_sweep).items()}
