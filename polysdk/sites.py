@@ -52,6 +52,8 @@ __all__ = [
     "HookedComponent",
     "SiteSpec",
     "get_tensor",
+    "hook_gradient",
+    "hook_optimizer_step",
     "list_sites",
     "resolve_sites",
     "set_tensor",
@@ -427,3 +429,22 @@ class HookedComponent:
 
     def __exit__(self, *exc_info: object) -> None:
         self.detach()
+
+
+# --------------------------------------------------------------------------- other hooks
+
+
+def hook_gradient(
+    tensor: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor | None]
+) -> RemovableHandle:
+    """Register ``fn(grad) -> grad | None`` on a tensor (e.g. to keep pruned weights at zero).
+
+    The caller owns the returned handle and must ``remove()`` it; like every hook in
+    polysdk it is registered here and nowhere else.
+    """
+    return tensor.register_hook(fn)
+
+
+def hook_optimizer_step(optimizer: torch.optim.Optimizer, fn: Callable[..., None]) -> RemovableHandle:
+    """Run ``fn`` after every ``optimizer.step()``; the caller removes the returned handle."""
+    return optimizer.register_step_post_hook(fn)

@@ -29,7 +29,7 @@ from torch.utils.hooks import RemovableHandle
 
 from polysdk.errors import ConfigError
 from polysdk.mask._core import _unit_axis
-from polysdk.sites import HookedComponent, SiteSpec, TensorKey
+from polysdk.sites import HookedComponent, SiteSpec, TensorKey, hook_gradient, hook_optimizer_step
 
 __all__ = ["UnitMask"]
 
@@ -144,9 +144,9 @@ class UnitMask(HookedComponent):
             return
         for p in params.values():
             keep = self._keep(p)
-            self._handles.append(p.register_hook(lambda g, keep=keep: g * keep))
+            self._handles.append(hook_gradient(p, lambda g, keep=keep: g * keep))
         if self.optimizer is not None:
-            self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self.enforce()))
+            self._handles.append(hook_optimizer_step(self.optimizer, lambda *_: self.enforce()))
 
     # ---------------------------------------------------------------- lifecycle
     @property
