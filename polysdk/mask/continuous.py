@@ -13,7 +13,9 @@ epoch from ``T0`` to ``T1`` (``T_e = T0 * (T1 / T0) ** (e / (E - 1))``, seed 000
     cs.result_                                    # xr.Dataset: masks, densities, objective
     cs.save(store, "subnetwork/features.10/255/a")
 
-The masks live only inside :func:`torch.func.functional_call`; no hook is added to the
+The masked weights exist only during each call (:func:`polysdk.mask.swapped_parameters`,
+which, unlike ``torch.func.functional_call``, is safe for models that register one
+submodule under two names, as TransformerLens bridges do); no hook is added to the
 model except the one that reads the target (through :mod:`polysdk.sites`), and that
 hook ends the forward pass at the target (``stop_at_target``).
 """
