@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing as mp
+import os
 import resource
 import time
 from typing import Any
@@ -205,8 +206,8 @@ def main() -> None:
     parser.add_argument("--log2-batch", type=int, default=None, help="override the batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for every arm (default: 1 at quick size, torch's "
-                             "default at paper size)")
+                        help="torch threads for every arm (default: torch's, or 1 at the "
+                             "quick size when the load average exceeds the core count)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--arms", default="abc")
     args = parser.parse_args()
@@ -214,13 +215,17 @@ def main() -> None:
     import torch
 
     for size in args.size:
-        threads = args.threads or (1 if size == "quick" and args.device == "cpu" else None)
+        # as ToyModelStudy's threads="auto": 1 thread for small models on a busy CPU
+        busy = os.getloadavg()[0] > (os.cpu_count() or 1)
+        threads = args.threads or (1 if size == "quick" and args.device == "cpu" and busy
+                                   else None)
         cfgs, _ = _configs(size, args.K, args.log2_steps, args.log2_batch)
         stable = np.array([c.learning_rate <= 0.01 for c in cfgs])
         c = cfgs[0]
         print(f"\n== size {size}: N={c.N} m={c.m} k={c.k} batch 2^{c.log2_batch_size} "
               f"steps 2^{c.log2_training_steps}, K={args.K}, device {args.device}, torch "
-              f"threads {threads or torch.get_num_threads()} ==")
+              f"threads {threads or torch.get_num_threads()}, load average "
+              f"{os.getloadavg()[0]:.1f} ==")
         best: dict[str, dict[str, Any]] = {}
         for _ in range(args.repeats):
             for arm in args.arms:

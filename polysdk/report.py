@@ -47,6 +47,8 @@ def _colors(values: np.ndarray) -> list[Any]:
     cmap = plt.get_cmap("viridis")
     try:
         v = np.asarray(values, dtype=float)
+        if np.all(v > 0) and v.max() / v.min() >= 10:   # rates, eps, k, decays: log scale
+            v = np.log(v)
         lo, hi = np.nanmin(v), np.nanmax(v)
         pos = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
     except (TypeError, ValueError):
@@ -124,9 +126,9 @@ def plot_vs_swept(summary: xr.Dataset, var: str, path: Path,
 def sort_activation_matrix(acts: np.ndarray, score: np.ndarray | None = None) -> np.ndarray:
     """Rows (neurons) by descending score, columns (features) by their strongest neuron.
 
-    >>> a = np.array([[0., 1.], [2., 0.]])
+    >>> a = np.array([[0., 1., 1.], [2., 0., 0.]])       # neuron 1 is monosemantic
     >>> sort_activation_matrix(a).tolist()
-    [[1.0, 0.0], [0.0, 2.0]]
+    [[2.0, 0.0, 0.0], [0.0, 1.0, 1.0]]
     """
     acts = np.asarray(acts, dtype=float)
     if score is None:

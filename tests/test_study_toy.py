@@ -148,8 +148,11 @@ def test_resume_after_kill_trains_nothing_twice(tmp_path, monkeypatch) -> None:
 
 def test_other_config_in_same_folder_is_refused(tmp_path) -> None:
     _run(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch"] == "B3"
     with pytest.raises(ConfigError, match="another config"):
         ToyModelStudy("LR1", quick=True, progress=False, **TINY).run(out=tmp_path / "run")
+    # the refused run left the folder's config (used by `polysdk report`) unchanged
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch"] == "B3"
     # resume=False starts over
     ToyModelStudy("LR1", quick=True, progress=False, chunk_size=6, **TINY).run(
         out=tmp_path / "run", resume=False, report=False)

@@ -213,8 +213,9 @@ class Study:
         out = Path(out)
         paths = self.paths(out)
         paths["out"].mkdir(parents=True, exist_ok=True)
-        paths["config"].write_text(json.dumps(jsonable(self.config()), indent=2))
         self._run(out, resume)
+        # written once the run is complete (a refused or killed run leaves the old one)
+        paths["config"].write_text(json.dumps(jsonable(self.config()), indent=2))
         return self.make_report(out) if report else paths["store"]
 
     def _run(self, out: Path, resume: bool) -> None:
