@@ -21,11 +21,19 @@ def main(out: str = "runs/example-toy-models") -> None:
 
     store = ActivationStore(f"{out}/results.zarr")
     summary = store.read_result("toy_models/summary")
-    print(summary[["initial_bias", "seed", "final_loss", "mono_per_feature",
-                   "mono_per_neuron", "features_covered"]].to_dataframe().to_string())
+    cols = ["initial_bias", "seed", "final_loss", "mono_per_feature", "mono_per_neuron",
+            "features_covered"]
+    print(summary[cols].to_dataframe()[cols].to_string())
 
-    # one model, checked again from its stored weights with the detector
+    # monosemantic neurons / N at each checkpoint (steps 2**j - 1): a negative offset
+    # gives some while the decaying bias is still negative (see docs/results.md)
     chunk = store.read_result("toy_models/chunk_000")
+    for i in range(chunk.sizes["instance"]):
+        curve = chunk["checkpoint_mono_per_feature"].values[i]
+        print(f"offset {float(chunk['initial_bias'][i]):+.1f} seed {int(chunk['seed'][i])}: "
+              f"mono/N by log2(step) {[round(float(c), 2) for c in curve]}")
+
+    # one model, checked again from its stored activations with the detector
     det = FeatureCapacity(threshold=0.999).fit(chunk["checkpoint_activation"].values[0, -1])
     print(f"instance 0: {det.n_monosemantic_} monosemantic neurons, "
           f"{det.mono_per_feature_:.3f} per feature, {det.features_covered_} features covered")
