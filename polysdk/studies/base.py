@@ -127,6 +127,16 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two JSON-like configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += _config_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
 class Study:
     """Base class of the studies (see the module docstring).
 
@@ -197,10 +207,11 @@ class Study:
             old = store.attrs.get("study_config")
             if old is not None and json.loads(old) != cfg:
                 store.close()
+                diff = "; ".join(_config_diff(json.loads(old), cfg)[:6])
                 raise ConfigError(
                     f"{str(out)!r} already holds a {self.name} run with another config "
-                    f"({old}); choose another --out, or pass resume=False (--fresh) to "
-                    "replace it.")
+                    f"(stored vs asked: {diff}); choose another --out, or pass "
+                    "resume=False (--fresh on the command line) to replace it.")
             return store
         return ActivationStore(store_path, mode="w", attrs={
             **dict(attrs or {}), "study": self.name, "study_config": json.dumps(cfg)})
