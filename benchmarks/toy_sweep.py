@@ -11,7 +11,7 @@ bias offset -1 and decay 0.03 so every code path runs):
       (the instance chunking chosen by size);
   (b) the original's shape, one model at a time: ``nn.Sequential``,
       ``torch_optimizer.Lamb``, ``CosineAnnealingLR(T_max=512)``, fresh features each
-      step (one uniform u per entry: kept when u < p, value u / p, as polysdk samples,
+      step (one uniform u per entry: kept when u / p < 1, value u / p, as polysdk samples,
       the original's distribution with half the random numbers), the bias decay through ``state_dict``/``load_state_dict``, ``float(loss)``
       every 16 steps and a ``deepcopy`` of the model at each checkpoint, as in
       ``model3.py`` (our per-instance generators and initial weights are used, so that
@@ -133,7 +133,7 @@ def _original_one(cfg: Any, seed: int, device: str) -> tuple[float, Any, Any]:
     for i in range(T):
         optimizer.zero_grad(set_to_none=True)
         u = torch.rand((B, cfg.N), generator=gen, device=device)      # fresh features
-        vectors = torch.where(u < p, u / p, 0.0)                       # = polysdk's sampler
+        vectors = torch.threshold(u * (-1.0 / p), -1.0, 0.0).neg()    # u/p if < 1, else 0
         inputs = torch.matmul(vectors, embed.T)
         outputs = model.forward(inputs)
         loss = torch.sum((outputs - vectors) ** 2) / B
