@@ -99,3 +99,13 @@ def test_detector_errors() -> None:
         FeatureCapacity(threshold=2).fit(A)
     with pytest.raises(DetectorInputError, match="NaN"):
         FeatureCapacity().fit(np.full((2, 2), np.nan))
+
+
+def test_detector_on_stored_dataarray() -> None:
+    import xarray as xr
+
+    da = xr.DataArray(A.T, dims=("feature", "unit"))        # any dim order
+    det = FeatureCapacity().fit(da)
+    assert det.n_monosemantic_ == 4 and det.features_covered_ == 2
+    with pytest.raises(DetectorInputError, match="isel"):
+        FeatureCapacity().fit(xr.DataArray(A[None], dims=("instance", "unit", "feature")))

@@ -136,6 +136,19 @@ class FeatureCapacity(Detector):
         self.threshold = threshold
         self.eps = eps
 
+    def fit(self, source: Any, labels: Any = None, **kwargs: Any) -> "FeatureCapacity":
+        """``source``: a ToyModels (``instance=i``), an ``nn.Sequential`` with
+        ``embedding=E``, or the activation matrix itself (array, tensor, or a DataArray
+        with dims ``unit`` and ``feature``, e.g. a stored ``checkpoint_activation``)."""
+        if isinstance(source, xr.DataArray):
+            if set(source.dims) != {"unit", "feature"}:
+                raise DetectorInputError(
+                    f"FeatureCapacity reads a DataArray as the single-feature activation "
+                    f"matrix, with dims ('unit', 'feature'); got dims {source.dims}. Select "
+                    "one matrix first, e.g. da.isel(instance=0, checkpoint=-1).")
+            source = source.transpose("unit", "feature").values
+        return super().fit(source, labels, **kwargs)
+
     def _detect(self, source: Any, labels: Any = None, embedding: Any = None,
                 instance: int = 0) -> xr.Dataset:
         from polysdk.models.toy import ToyModels
