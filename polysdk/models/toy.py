@@ -10,7 +10,9 @@ embedding with unit-norm columns. :class:`ToyModels` holds K such models as tens
 a leading *instance* dimension (``W1: [K, k, m]``, ``b1: [K, k]``, ``W2: [K, out, k]``),
 so one ``torch.bmm`` runs all of them. Every instance draws its embedding, initial
 weights and data from its own generators, seeded from its own seed only, so an instance
-trained in any batch gives the same model as when trained alone.
+trained in any batch gives the same model as when trained alone (on the same device:
+embedding and initial weights are drawn on the CPU everywhere, but the data stream of a
+CUDA run comes from CUDA generators, which give other numbers than the CPU's).
 """
 
 from __future__ import annotations
