@@ -287,6 +287,17 @@ def test_mask_l0_hand_computed() -> None:
     assert MaskL0({"a": s1, "b": s2}, temperature=2.0).loss().item() == pytest.approx(1.5)
 
 
+def test_soft_mask_l0_weights_count_a_tensor_several_times() -> None:
+    from polysdk.regularize import soft_mask_l0
+
+    s1 = torch.tensor([0.0, math.log(3.0)])  # sigmoid: 0.5, 0.75
+    s2 = torch.tensor([[-math.log(3.0)]])  # sigmoid: 0.25; a kernel logit covering 9 weights
+    got = soft_mask_l0([s1, s2], lam=0.5, weights=[1.0, 9.0])
+    assert got.item() == pytest.approx(0.5 * (1.25 + 9 * 0.25))
+    with pytest.raises(ConfigError, match="2 logit tensors but 1 weights"):
+        soft_mask_l0([s1, s2], weights=[1.0])
+
+
 def test_mask_l0_reads_objects_and_live_temperature() -> None:
     class Masker:
         def __init__(self) -> None:

@@ -46,6 +46,7 @@ from polysdk.mask._core import (
 from polysdk.mask.io import masks_to_dataset
 from polysdk.mask.objectives import Contrastive, resolve_objective
 from polysdk.sites import SiteSpec, TensorKey
+from polysdk.regularize.losses import soft_mask_l0
 
 __all__ = ["ContinuousSparsification", "temperature_schedule"]
 
@@ -220,13 +221,18 @@ class ContinuousSparsification:
     def _soft(self, logits: dict[str, torch.Tensor], temp: float) -> dict[str, torch.Tensor]:
         return {n: torch.sigmoid(temp * s) for n, s in logits.items()}
 
-    def _penalty(self, soft: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = torch.zeros((), device=next(iter(soft.values())).device)
-        for name, m in soft.items():
-            if self.penalize == "weights" and name.rsplit(".", 1)[-1] == "bias":
-                continue
-            total = total + m.sum() * self._cover[name]
-        return self.lam * total
+    def _penalty(self, logits: dict[str, torch.Tensor], temp: float) -> torch.Tensor:
+        """``lam * sum sigmoid(T s)`` through :func:`polysdk.regularize.soft_mask_l0`."""
+        names = [
+            n for n in logits
+            if not (self.penalize == "weights" and n.rsplit(".", 1)[-1] == "bias")
+        ]
+        if not names:
+            return torch.zeros((), device=next(iter(logits.values())).device)
+        return soft_mask_l0(
+            [logits[n] for n in names], temperature=temp, lam=self.lam,
+            weights=[self._cover[n] for n in names],
+        )
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -282,7 +288,7 @@ class ContinuousSparsification:
                     soft = self._soft(logits, temp)
                     act = self._read(reader, soft, xb.to(device))
                     obj = objective(act, None if yb is None else yb.to(device), None if rb is None else rb.to(device))
-                    pen = self._penalty(soft)
+                    pen = self._penalty(logits, temp)
                     opt.zero_grad(set_to_none=True)
                     (obj + pen).backward()
                     opt.step()

@@ -96,12 +96,24 @@ class ActivationL1(ActivationRegularizer):
 
 
 def soft_mask_l0(
-    logits: Iterable[torch.Tensor], *, temperature: float = 1.0, lam: float = 1.0
+    logits: Iterable[torch.Tensor],
+    *,
+    temperature: float = 1.0,
+    lam: float = 1.0,
+    weights: Iterable[float] | None = None,
 ) -> torch.Tensor:
-    """``lam * sum over tensors of sum(sigmoid(temperature * s))``."""
+    """``lam * sum over tensors of w_t * sum(sigmoid(temperature * s_t))``.
+
+    ``weights`` (default all 1) counts a tensor's masks several times, e.g. a
+    per-kernel logit once for each of the kernel's weights.
+    """
     total: torch.Tensor | None = None
-    for s in logits:
-        term = torch.sigmoid(temperature * s).sum()
+    logits = list(logits)
+    multipliers = [1.0] * len(logits) if weights is None else list(weights)
+    if len(multipliers) != len(logits):
+        raise ConfigError(f"soft_mask_l0 got {len(logits)} logit tensors but {len(multipliers)} weights")
+    for s, w in zip(logits, multipliers):
+        term = torch.sigmoid(temperature * s).sum() * w
         total = term if total is None else total + term
     if total is None:
         raise ConfigError("soft_mask_l0 got no mask-logit tensors")
