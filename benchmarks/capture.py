@@ -15,6 +15,7 @@ Usage::
     python benchmarks/capture.py                      # both models, the default size
     python benchmarks/capture.py --model tl --batches 48
     python benchmarks/capture.py --out-of-core 6      # polysdk at growing sizes up to 6 GB
+    python benchmarks/capture.py --threads 1          # leave a core to the writer
 
 Prints time as a ratio to (a), MB/s of activations, the peak RSS of the process and
 its growth during the loop.
@@ -87,11 +88,12 @@ def build(model_kind: str):
 def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(int(os.environ.get("CAPTURE_THREADS") or max(1, os.cpu_count() or 1)))
     model, sites, batch = build(model_kind)
     modules = {name: (model.hook_dict[name] if model_kind == "tl" else model.get_submodule(name)) for name in sites}
     with torch.no_grad():
-        model(batch(0))  # warm-up (and the bridge's own lazy hooks)
+        for i in range(2):
+            model(batch(i))  # warm-up (and the bridge's own lazy hooks)
     kept: list = []
     nbytes = 0
     store_path = Path(workdir) / f"{method}.zarr"
@@ -188,6 +190,10 @@ def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
 
 
 def spawn(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
+    # start every run with no dirty pages left by the one before (their write-back
+    # would otherwise be charged to whichever method runs next)
+    shutil.rmtree(Path(workdir) / f"{method}.zarr", ignore_errors=True)
+    os.sync()
     cmd = [sys.executable, __file__, "--one", method, "--model", model_kind,
            "--batches", str(n_batches), "--workdir", workdir]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -199,8 +205,9 @@ def spawn(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
 def table(model_kind: str, n_batches: int, workdir: str, repeats: int) -> None:
     # round-robin repeats, best time of each: robust to other load on a shared machine
     rows: dict[str, dict] = {}
-    for _ in range(repeats):
-        for m in METHODS:
+    for round_ in range(repeats):
+        order = METHODS[round_ % len(METHODS):] + METHODS[: round_ % len(METHODS)]
+        for m in order:
             r = spawn(m, model_kind, n_batches, workdir)
             if "seconds" not in r or "seconds" not in rows.get(m, {}) or r["seconds"] < rows[m]["seconds"]:
                 if "seconds" in r and "seconds" in rows.get(m, {}):
@@ -243,9 +250,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3, help="round-robin repeats; best time is shown")
     parser.add_argument("--out-of-core", type=float, default=0.0, metavar="GB")
+    parser.add_argument("--threads", type=int, help="torch threads for every method (default: all cores)")
     parser.add_argument("--one", choices=METHODS)
     parser.add_argument("--workdir")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["CAPTURE_THREADS"] = str(args.threads)
     if args.one:
         print(json.dumps(run_one(args.one, args.model, args.batches, args.workdir)))
         return
