@@ -398,6 +398,8 @@ def test_lazy_read_is_chunked(path):
     assert da.chunks[0] == (128,) * 16
     import dask
 
+    with dask.config.set(scheduler="synchronous"):
+        float(da[:256].mean().compute())  # warm-up: lazy imports and caches are not the data
     tracemalloc.start()
     try:
         with dask.config.set(scheduler="synchronous"):
@@ -472,3 +474,24 @@ def test_reader_follows_writer(path):
         w.flush()
         assert r.n_samples == 3 and r.sites == ["s"]
         assert r["s"].shape == (3, 2)
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd:1", "blosc-lz4"])
+def test_whole_chunks_hold_the_bytes_zarr_itself_writes(tmp_path, codec):
+    """The writer's direct whole-chunk path writes what zarr's own pipeline writes."""
+    import zarr
+
+    x = np.random.default_rng(0).standard_normal((64, 3, 5)).astype("f4")
+    ours = tmp_path / "ours.zarr"
+    with ActivationStore(ours, mode="w", chunk_samples=16, codec=codec) as s:
+        s.append({"s": x}, dims={"s": ("sample", "position", "unit")})
+    reference = zarr.open_group(tmp_path / "ref.zarr", mode="w").create_array(
+        "a", shape=x.shape, chunks=(16, 3, 5), dtype="f4",
+        compressors=zarr.open_array(ours / "s" / "activation", mode="r").compressors,
+    )
+    reference[:] = x
+    for i in range(4):
+        mine = (ours / "s" / "activation" / "c" / str(i) / "0" / "0").read_bytes()
+        theirs = (tmp_path / "ref.zarr" / "a" / "c" / str(i) / "0" / "0").read_bytes()
+        assert mine == theirs
+    np.testing.assert_array_equal(xr.open_zarr(ours, group="s")["activation"].values, x)

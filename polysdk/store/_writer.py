@@ -8,6 +8,7 @@ the commit record -- only once every site has all of its samples on disk.
 from __future__ import annotations
 
 import atexit
+import os
 import queue
 import threading
 import warnings
@@ -96,6 +97,7 @@ class Writer:
         self.error: BaseException | None = None
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(max_queue)))
         self._arrays: dict[str, dict[str, Any]] = {}
+        self._encoders: dict[tuple[str, str], Any] = {}  # (site, var) -> chunk encoder or False
         self._pending: dict[str, list[dict[str, np.ndarray]]] = {}
         self._pending_n: dict[str, int] = {}
         self._written: dict[str, int] = {}
@@ -236,12 +238,42 @@ class Writer:
                 chunk = arr.chunks[0]
                 grown = -(-max(stop, 2 * arr.shape[0]) // chunk) * chunk
                 arr.resize((grown, *arr.shape[1:]))
-            arr[start:stop] = data[:k]
+            if not self._write_whole_chunks(site, name, arr, start, data[:k]):
+                arr[start:stop] = data[:k]
             rest[name] = data[k:]
         left = self._pending_n[site] - k
         self._pending[site] = [rest] if left else []
         self._pending_n[site] = left
         self._written[site] = stop
+
+    def _write_whole_chunks(self, site: str, name: str, arr: Any, start: int, data: np.ndarray) -> bool:
+        """Write chunk-aligned whole chunks straight to their files; False if not applicable.
+
+        Writes exactly the bytes zarr's own pipeline writes for a ``bytes`` (+ ``zstd``)
+        codec chain, each file through a temporary name and ``os.replace`` like zarr's
+        ``LocalStore``, without zarr's per-call overhead (its event loop, buffer
+        copies): on a 2-core machine that overhead competed with the model's forward.
+        """
+        chunk = arr.chunks[0]
+        if start % chunk or len(data) % chunk or data.dtype.kind not in "biuf":
+            return False
+        encode = self._encoders.get((site, name))
+        if encode is None:
+            encode = _chunk_encoder(arr)
+            self._encoders[(site, name)] = encode
+        if encode is False:
+            return False
+        data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+        trailing_zeros = (0,) * (data.ndim - 1)
+        for i in range(len(data) // chunk):
+            key = arr.metadata.encode_chunk_key((start // chunk + i, *trailing_zeros))
+            path = self.root / site / name / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(encode(data[i * chunk : (i + 1) * chunk]))
+            os.replace(tmp, path)
+        return True
 
     def _maybe_commit(self) -> None:
         done = min(self._written.values()) if self._written else self._total
@@ -258,3 +290,20 @@ class Writer:
             if n:
                 self._write(site, n)
         self._maybe_commit()
+
+
+def _chunk_encoder(arr: Any) -> Any:
+    """``chunk -> bytes`` for the codec chains we can write directly, else False."""
+    from zarr.codecs import BytesCodec, ZstdCodec
+
+    codecs = tuple(arr.metadata.codecs)
+    if not codecs or not isinstance(codecs[0], BytesCodec) or str(getattr(codecs[0].endian, "value", "little")) != "little":
+        return False
+    if len(codecs) == 1:
+        return lambda chunk: memoryview(chunk).cast("B")
+    if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
+        from numcodecs import Zstd
+
+        zstd = Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+        return lambda chunk: zstd.encode(chunk)
+    return False
