@@ -33,23 +33,13 @@ import torch
 import xarray as xr
 
 from polysdk.errors import ConfigError, SiteError
-from polysdk.sites import HookedComponent, SiteSpec, unwrap_model
+from polysdk.sites import HookedComponent, SiteSpec, default_dims, unwrap_model
 
 __all__ = ["Probe"]
 
 Reduce = str | int | tuple[int, int] | Sequence[int]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _COORD_KEYS = ("label", "labels", "id", "ids")
-
-
-def _default_dims(ndim: int) -> tuple[str, ...]:
-    if ndim == 2:
-        return ("sample", "unit")
-    if ndim == 3:
-        return ("sample", "position", "unit")
-    if ndim == 4:
-        return ("sample", "unit", "y", "x")
-    return ("sample",) + tuple(f"dim_{i}" for i in range(1, ndim))
 
 
 class Probe(HookedComponent):
@@ -132,7 +122,7 @@ class Probe(HookedComponent):
         return None
 
     def _reduce(self, site: str, tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
-        dims = self.dims.get(site) or _default_dims(tensor.ndim)
+        dims = self.dims.get(site) or default_dims(tensor.ndim)
         if len(dims) != tensor.ndim or dims[0] != "sample":
             raise SiteError(
                 f"site {site!r} gives a tensor of shape {tuple(tensor.shape)}, which does not "

@@ -48,6 +48,7 @@ from polysdk.errors import SiteError, SiteNotFoundError, closest_names
 
 __all__ = [
     "HookFn",
+    "default_dims",
     "Hooks",
     "HookedComponent",
     "SiteSpec",
@@ -195,6 +196,22 @@ def resolve_sites(model: Any, sites: SiteSpec | Iterable[SiteSpec]) -> dict[str,
 
 
 # --------------------------------------------------------------------------- values
+
+
+def default_dims(ndim: int) -> tuple[str, ...]:
+    """Dim names of an ``ndim``-D site tensor when none are given.
+
+    2-D ``(sample, unit)``; 3-D ``(sample, position, unit)`` (transformers,
+    ``batch_first`` RNNs); 4-D ``(sample, unit, y, x)`` (convolutions); otherwise
+    ``(sample, dim_1, ...)``. (``polysdk.store`` keeps a torch-free copy of this rule.)
+    """
+    if ndim == 2:
+        return ("sample", "unit")
+    if ndim == 3:
+        return ("sample", "position", "unit")
+    if ndim == 4:
+        return ("sample", "unit", "y", "x")
+    return ("sample",) + tuple(f"dim_{i}" for i in range(1, ndim))
 
 
 def _first_tensor_key(value: Any) -> int | str | None:

@@ -17,19 +17,9 @@ import torch
 import xarray as xr
 
 from polysdk.errors import ConfigError, SiteError
+from polysdk.sites import default_dims
 
 __all__ = ["default_dims", "site_dims", "to_layout", "unit_mask", "per_site"]
-
-
-def default_dims(ndim: int) -> tuple[str, ...]:
-    """The dim names of an ``ndim``-D site tensor when none are given."""
-    if ndim == 2:
-        return ("sample", "unit")
-    if ndim == 3:
-        return ("sample", "position", "unit")
-    if ndim == 4:
-        return ("sample", "unit", "y", "x")
-    return ("sample",) + tuple(f"dim_{i}" for i in range(1, ndim))
 
 
 def per_site(value: Any, site: str, what: str, sites: Sequence[str]) -> Any:
