@@ -217,7 +217,7 @@ def table(model_kind: str, n_batches: int, workdir: str, repeats: int) -> None:
     bare = rows["bare"]["seconds"]
     data_mb = max(r.get("bytes", 0) for r in rows.values()) / 2**20
     print(f"\n## {model_kind}: best of {repeats}, {n_batches} batches, {data_mb:.0f} MB of activations at {len(TL_SITES if model_kind == 'tl' else CNN_SITES)} sites")
-    print(f"| method | time (s) | x bare | MB/s | peak RSS (MB) | RSS growth (MB) |")
+    print("| method | time (s) | x bare | MB/s | peak RSS (MB) | RSS growth (MB) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for method, r in rows.items():
         if "seconds" not in r:
@@ -232,7 +232,7 @@ def out_of_core(max_gb: float, workdir: str) -> None:
     # ~33.5 MB of activations per batch of the transformer (16 x 128 tokens x 1024 x 4 sites)
     per_batch_mb = 16 * 128 * 1024 * 4 * 4 / 2**20
     sizes = [max_gb / 16, max_gb / 4, max_gb]
-    print(f"\n## out of core: polysdk on the transformer, growing data")
+    print("\n## out of core: polysdk on the transformer, growing data")
     print("| activations (GB) | time (s) | x bare-equivalent | peak RSS (MB) | RSS growth (MB) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for gb in sizes:

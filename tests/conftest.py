@@ -19,6 +19,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test uses one intra-op thread: the tensors are tiny, ``make test`` already runs
+    two pytest workers on the two cores, and two threads each would oversubscribe them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tl_model():
     """A tiny random TransformerLens 4 native model with SoLU MLPs (2 layers)."""

@@ -5,18 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from polysdk.cli import main
 from polysdk.store import ActivationStore
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 TINY_SETS = ["--set", "N=16", "--set", "m=4", "--set", "k=8", "--set", "log2_batch_size=4",

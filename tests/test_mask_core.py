@@ -22,15 +22,6 @@ from polysdk.mask import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops on 2 shared cores: one intra-op thread is ~100x faster than two
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Boom(nn.Module):
     """A layer that must never run (proves the forward pass stopped before it)."""
 

@@ -12,14 +12,6 @@ from polysdk.mask import ContinuousSparsification, load_masks, mask_overlap, mas
 from polysdk.store import ActivationStore
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 D, N_PLANTED, N_DISTRACT = 24, 4, 20
 
 

@@ -24,14 +24,6 @@ from polysdk.mask import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cnn() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import polysdk.studies.toy_models as tm
 from polysdk.errors import ConfigError
@@ -15,14 +14,6 @@ from polysdk.studies import ToyModelStudy, available_studies
 from polysdk.studies.toy_models import PRESETS, preset_config
 
 TINY = dict(N=16, m=4, k=8, log2_batch_size=4, log2_training_steps=5)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_table1_presets() -> None:

@@ -23,15 +23,6 @@ from polysdk.train.trainer import _DATA_STREAM
 TINY = dict(N=24, m=6, k=32, log2_batch_size=5, log2_training_steps=5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one torch thread is faster (and steadier on a shared machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------------------- sampling
 def test_equal_probabilities() -> None:
     p = feature_probabilities(10, 0.125, "equal")
