@@ -202,11 +202,11 @@ def spawn(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def table(model_kind: str, n_batches: int, workdir: str, repeats: int) -> None:
+def table(model_kind: str, n_batches: int, workdir: str, repeats: int, methods: list[str] = METHODS) -> None:
     # round-robin repeats, best time of each: robust to other load on a shared machine
     rows: dict[str, dict] = {}
     for round_ in range(repeats):
-        order = METHODS[round_ % len(METHODS):] + METHODS[: round_ % len(METHODS)]
+        order = methods[round_ % len(methods):] + methods[: round_ % len(methods)]
         for m in order:
             r = spawn(m, model_kind, n_batches, workdir)
             if "seconds" not in r or "seconds" not in rows.get(m, {}) or r["seconds"] < rows[m]["seconds"]:
@@ -251,6 +251,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="round-robin repeats; best time is shown")
     parser.add_argument("--out-of-core", type=float, default=0.0, metavar="GB")
     parser.add_argument("--threads", type=int, help="torch threads for every method (default: all cores)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (bare is always run)")
     parser.add_argument("--one", choices=METHODS)
     parser.add_argument("--workdir")
     args = parser.parse_args()
@@ -262,7 +263,8 @@ def main() -> None:
     workdir = args.workdir or tempfile.mkdtemp(prefix="polysdk-bench-", dir=os.environ.get("BENCH_DIR"))
     try:
         for kind in (["tl", "cnn"] if args.model == "both" else [args.model]):
-            table(kind, args.batches, workdir, args.repeats)
+            chosen = ["bare"] + [m for m in args.methods.split(",") if m in METHODS and m != "bare"]
+            table(kind, args.batches, workdir, args.repeats, chosen)
         if args.out_of_core:
             out_of_core(args.out_of_core, workdir)
     finally:

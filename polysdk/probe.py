@@ -227,6 +227,7 @@ class Probe(HookedComponent):
                         acts,
                         dims={site: self._site_dims[site] for site in acts},
                         coords=sample_coords or None,
+                        copy=False,  # the hooks' tensors are fresh copies, never reused
                     )
                 else:
                     for site, value in acts.items():

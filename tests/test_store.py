@@ -495,3 +495,75 @@ def test_whole_chunks_hold_the_bytes_zarr_itself_writes(tmp_path, codec):
         theirs = (tmp_path / "ref.zarr" / "a" / "c" / str(i) / "0" / "0").read_bytes()
         assert mine == theirs
     np.testing.assert_array_equal(xr.open_zarr(ours, group="s")["activation"].values, x)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 17])
+@pytest.mark.parametrize("direct", [True, False])
+def test_chunk_file_writer_exact_bytes(tmp_path, size, direct):
+    """Direct (O_DIRECT, padded then truncated) and buffered writes leave the same file."""
+    from polysdk.store._writer import ChunkFileWriter
+
+    payload = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    writer = ChunkFileWriter(direct=direct)
+    target = tmp_path / "c" / "0"
+    target.parent.mkdir()
+    writer.write(target, payload)
+    writer.write(tmp_path / "c" / "1", payload[: size // 2])  # a smaller file reuses the buffer
+    assert target.read_bytes() == payload.tobytes()
+    assert (tmp_path / "c" / "1").read_bytes() == payload[: size // 2].tobytes()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["0", "1"]  # no temp file left
+
+
+def test_chunk_file_writer_falls_back_when_direct_io_is_refused(tmp_path, monkeypatch):
+    """A filesystem refusing O_DIRECT (EINVAL) gets buffered writes, same bytes, no error."""
+    import errno
+    import os
+
+    from polysdk.store import _writer
+
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(_writer.os, "open", refusing_open)
+    writer = _writer.ChunkFileWriter(direct=True)
+    writer.write(tmp_path / "a", b"x" * 5000)
+    assert not writer.direct
+    assert (tmp_path / "a").read_bytes() == b"x" * 5000
+    x = np.arange(40, dtype="f4").reshape(20, 2)
+    with ActivationStore(tmp_path / "s.zarr", mode="w", chunk_samples=4) as store:
+        store.append({"s": x})
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "s.zarr", group="s")["activation"].values, x)
+
+
+def test_append_without_copy_hands_the_array_over(path):
+    """copy=False skips the defensive copy: the writer sees the caller's memory."""
+    import threading
+
+    from polysdk.store import _writer
+
+    release = threading.Event()
+    real_handle = _writer.Writer._handle
+
+    def slow_handle(self, batch):
+        release.wait(10)
+        real_handle(self, batch)
+
+    owned = torch.zeros(2, 3)
+    copied = torch.zeros(2, 3)
+    try:
+        _writer.Writer._handle = slow_handle
+        with ActivationStore(path, mode="w", chunk_samples=8) as store:
+            store.append({"s": owned}, copy=False)
+            store.append({"s": copied})
+            owned += 5  # breaks the promise on purpose: the change reaches the disk
+            copied += 5  # the default copy protects the caller
+            release.set()
+    finally:
+        _writer.Writer._handle = real_handle
+    values = ActivationStore(path)["s"].values
+    np.testing.assert_array_equal(values[:2], np.full((2, 3), 5.0))
+    np.testing.assert_array_equal(values[2:], np.zeros((2, 3)))

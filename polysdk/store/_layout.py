@@ -68,8 +68,11 @@ def codec_label(codec: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- inputs
-def to_numpy(x: Any) -> tuple[np.ndarray, str | None]:
-    """Return an owned numpy copy of ``x`` and the source dtype name if it was changed.
+def to_numpy(x: Any, copy: bool = True) -> tuple[np.ndarray, str | None]:
+    """Return a numpy version of ``x`` and the source dtype name if it was changed.
+
+    With ``copy=True`` the array is an owned copy (the caller may reuse ``x``); with
+    ``copy=False`` it shares ``x``'s memory where it can (the caller hands ``x`` over).
 
     torch is never imported here: tensors are recognised by their type's module, so a
     process that has no torch loaded pays nothing. ``bfloat16`` has no numpy dtype and
@@ -85,11 +88,11 @@ def to_numpy(x: Any) -> tuple[np.ndarray, str | None]:
                 t, source = t.to(torch.float32), "bfloat16"
             on_cpu = t.device.type == "cpu" and source is None
             arr = t.cpu().numpy()
-            return (arr.copy() if on_cpu else arr), source
+            return (arr.copy() if on_cpu and copy else arr), source
     arr = np.asarray(x)
     if arr.dtype == object:
         arr = arr.astype(str)
-    return np.array(arr, copy=True), None
+    return (np.array(arr, copy=True) if copy else arr), None
 
 
 def default_dims(ndim: int) -> tuple[str, ...]:

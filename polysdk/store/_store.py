@@ -212,6 +212,8 @@ class ActivationStore:
         arrays: Mapping[str, Any],
         dims: Mapping[str, tuple[str, ...]] | None = None,
         coords: Mapping[str, Any] | None = None,
+        *,
+        copy: bool = True,
     ) -> None:
         """Queue one batch (all sites, same sample count); committed atomically.
 
@@ -219,6 +221,11 @@ class ActivationStore:
         dim names (first ``"sample"``; guessed from ndim if omitted); ``coords`` name ->
         per-sample array, or ``(dims, array)`` for extra dims (a 2-D coord defaults
         to ``("sample", "position")``). Returns once the batch is queued.
+
+        The writer works on a copy of each array, so the caller may reuse its buffers
+        at once. ``copy=False`` hands the activation arrays over instead (no copy): the
+        caller must not modify them afterwards. :class:`~polysdk.Probe` does this with
+        the fresh tensors its hooks captured.
         """
         writer = self._check_writable()
         if not arrays:
@@ -228,7 +235,7 @@ class ActivationStore:
         source: dict[str, str | None] = {}
         for site, x in arrays.items():
             L.check_name(site, "site")
-            data[site], source[site] = L.to_numpy(x)
+            data[site], source[site] = L.to_numpy(x, copy=copy)
         n = {a.shape[0] if a.ndim else -1 for a in data.values()}
         if len(n) != 1 or -1 in n:
             shapes = {s: a.shape for s, a in data.items()}
