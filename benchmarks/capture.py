@@ -252,11 +252,19 @@ def main() -> None:
     parser.add_argument("--out-of-core", type=float, default=0.0, metavar="GB")
     parser.add_argument("--threads", type=int, help="torch threads for every method (default: all cores)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (bare is always run)")
+    parser.add_argument(
+        "--steady-malloc", action="store_true",
+        help="run every method with glibc's heap trimming off (MALLOC_TRIM_THRESHOLD_, "
+             "MALLOC_TOP_PAD_): removes the page-fault noise of memory returned to the OS "
+             "and faulted back in each batch, which hits the bare forward the hardest",
+    )
     parser.add_argument("--one", choices=METHODS)
     parser.add_argument("--workdir")
     args = parser.parse_args()
     if args.threads:
         os.environ["CAPTURE_THREADS"] = str(args.threads)
+    if args.steady_malloc:
+        os.environ.update(MALLOC_TRIM_THRESHOLD_=str(2**40), MALLOC_TOP_PAD_=str(2**28))
     if args.one:
         print(json.dumps(run_one(args.one, args.model, args.batches, args.workdir)))
         return
