@@ -101,6 +101,7 @@ class Writer:
         self._arrays: dict[str, dict[str, Any]] = {}
         self._encoders: dict[tuple[str, str], Any] = {}  # (site, var) -> chunk encoder or False
         self._files = ChunkFileWriter()
+        self._made_dirs: set[Path] = set()
         self._pending: dict[str, list[dict[str, np.ndarray]]] = {}
         self._pending_n: dict[str, int] = {}
         self._written: dict[str, int] = {}
@@ -271,7 +272,9 @@ class Writer:
         for i in range(len(data) // chunk):
             key = arr.metadata.encode_chunk_key((start // chunk + i, *trailing_zeros))
             path = self.root / site / name / key
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in self._made_dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(path.parent)
             self._files.write(path, encode(data[i * chunk : (i + 1) * chunk]))
         return True
 
