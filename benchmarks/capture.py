@@ -3,8 +3,9 @@
 Methods, each over the same batches, each in a fresh subprocess (clean peak RSS):
 
   (a) bare      forward only
-  (b) polysdk   Probe -> ActivationStore (background writer, Zarr v3, default zstd:1;
-                ``polysdk_nocomp``: the same with codec="none")
+  (b) polysdk   Probe -> ActivationStore (background writer, Zarr v3, default codec
+                "auto": zstd:1 where it saves >= 1/8 of a site's bytes, else none;
+                ``polysdk_nocomp``: codec="none"; ``polysdk_zstd``: codec="zstd:1")
   (c) list      plain forward hooks appending to a Python list
   (d) tl_cache  TransformerLens ``run_with_cache`` (transformer only)
   (e) nnsight   ``nnsight`` trace with ``.save()``
@@ -34,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ["bare", "polysdk", "polysdk_nocomp", "list", "tl_cache", "nnsight", "zarr_sync"]
+METHODS = ["bare", "polysdk", "polysdk_nocomp", "polysdk_zstd", "list", "tl_cache", "nnsight", "zarr_sync"]
 TL_SITES = [f"blocks.{i}.mlp.hook_post" for i in range(4)]
 CNN_SITES = ["features.3", "features.6", "features.8"]
 
@@ -103,10 +104,10 @@ def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
         if method == "bare":
             for i in range(n_batches):
                 model(batch(i))
-        elif method in ("polysdk", "polysdk_nocomp"):
+        elif method.startswith("polysdk"):
             from polysdk import ActivationStore, Probe
 
-            codec = "none" if method == "polysdk_nocomp" else "zstd:1"
+            codec = {"polysdk": "auto", "polysdk_nocomp": "none", "polysdk_zstd": "zstd:1"}[method]
             with ActivationStore(store_path, mode="w", codec=codec) as store:
                 Probe(model, sites, store=store).run(
                     (batch(i) for i in range(n_batches)), progress=False

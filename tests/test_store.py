@@ -327,10 +327,10 @@ def test_default_codec_and_bad_codec(path):
     from polysdk.store import DEFAULT_CODEC
 
     with ActivationStore(path, mode="w") as s:
-        s.append({"s": np.ones((2, 2), "f4")})
-        assert s.attrs["polysdk"]["codec"] == DEFAULT_CODEC
+        s.append({"s": np.ones((64, 64), "f4")})
+        assert s.attrs["polysdk"]["codec"] == DEFAULT_CODEC == "auto"
     meta = json.loads((path / "s" / "activation" / "zarr.json").read_text())
-    assert meta["codecs"][-1]["name"] == DEFAULT_CODEC.split(":")[0]
+    assert meta["codecs"][-1]["name"] == "zstd"  # constant data: compressible
     with pytest.raises(StoreError, match="unknown codec 'lzma'"):
         ActivationStore(path.parent / "x.zarr", mode="w", codec="lzma")
 
@@ -567,3 +567,31 @@ def test_append_without_copy_hands_the_array_over(path):
     values = ActivationStore(path)["s"].values
     np.testing.assert_array_equal(values[:2], np.full((2, 3), 5.0))
     np.testing.assert_array_equal(values[2:], np.zeros((2, 3)))
+
+
+def test_auto_codec_compresses_only_sites_it_shrinks(path):
+    """codec='auto': zstd for sparse (post-ReLU) sites, raw for dense ones, per site."""
+    from numcodecs import Zstd
+
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((64, 256)).astype("f4")          # incompressible floats
+    sparse = np.maximum(rng.standard_normal((64, 256)) - 1.0, 0).astype("f4")  # 84 % zeros
+    raw = dense.tobytes()
+    assert len(Zstd(level=1).encode(raw)) > 0.875 * len(raw)  # the premise: < 1/8 saving
+    with ActivationStore(path, mode="w", chunk_samples=32) as s:
+        s.append({"dense": dense, "sparse": sparse}, coords={"label": np.arange(64)})
+    codecs = {
+        site: [c["name"] for c in json.loads((path / site / name / "zarr.json").read_text())["codecs"]]
+        for site in ("dense", "sparse") for name in ("activation",)
+    }
+    assert codecs == {"dense": ["bytes"], "sparse": ["bytes", "zstd"]}
+    label = json.loads((path / "dense" / "label" / "zarr.json").read_text())
+    assert [c["name"] for c in label["codecs"]] == ["bytes", "zstd"]  # coords: always zstd
+    r = ActivationStore(path)
+    assert r["dense"].attrs["codec"].startswith("auto: none")
+    assert r["sparse"].attrs["codec"].startswith("auto: zstd:1")
+    np.testing.assert_array_equal(r["dense"].values, dense)
+    np.testing.assert_array_equal(r["sparse"].values, sparse)
+    with ActivationStore(path, mode="a") as s:  # resuming keeps each site's choice
+        s.append({"dense": sparse, "sparse": dense}, coords={"label": np.arange(64)})
+    np.testing.assert_array_equal(ActivationStore(path)["sparse"].values[64:], dense)

@@ -102,8 +102,13 @@ class Schema:
         cvals: Coords,
         chunk_samples: int | None,
         compressors: Any,
+        site_compressors: Mapping[str, tuple[Any, str]] | None = None,
     ) -> dict[str, dict[str, ArraySpec]]:
-        """Fix the schema from the first batch; return the arrays the writer creates."""
+        """Fix the schema from the first batch; return the arrays the writer creates.
+
+        ``compressors`` apply to coordinates; ``site_compressors`` maps a site to the
+        (compressors, note) of its activation array (default: ``compressors``).
+        """
         create: dict[str, dict[str, ArraySpec]] = {}
         for s, a in data.items():
             trailing = tuple(a.shape[1:])
@@ -113,8 +118,11 @@ class Schema:
             attrs: dict[str, Any] = {"coordinates": " ".join(cvals)} if cvals else {}
             if source[s]:
                 attrs["source_dtype"] = source[s]
+            site_comp, note = (site_compressors or {}).get(s, (compressors, None))
+            if note:
+                attrs["codec"] = note
             specs = {
-                "activation": ArraySpec(site_dims[s], trailing, dt, cs, compressors, attrs),
+                "activation": ArraySpec(site_dims[s], trailing, dt, cs, site_comp, attrs),
                 "sample": ArraySpec(("sample",), (), "int64", cs),
             }
             for k, (cd, arr) in cvals.items():

@@ -49,7 +49,10 @@ class ActivationStore:
     chunk_samples : int or None
         Samples per chunk along ``sample``; None picks ~8 MiB chunks per site.
     codec : str, zarr codec or None
-        Compression (``"zstd:1"`` default, ``"blosc-lz4"``, ``"none"``...).
+        Compression: ``"auto"`` (default: zstd level 1 for each site whose first
+        batch it makes at least 1/8 smaller, else none), ``"zstd:1"``,
+        ``"blosc-lz4"``, ``"none"``... The choice is in each activation's attrs
+        (``codec``).
     max_queue : int
         Batches that may wait for the background writer before ``append`` blocks.
         Memory held by the store is at most about ``max_queue + 1`` batches plus one
@@ -89,7 +92,8 @@ class ActivationStore:
         self.path = Path(path)
         self.mode = mode
         self.chunk_samples = None if chunk_samples is None else int(chunk_samples)
-        self._compressors = L.make_compressors(codec)
+        self._codec = codec
+        self._compressors = L.make_compressors(codec)  # validates the spec now
         self._lock = threading.RLock()
         self._writer: Writer | None = None
         self._closed = False
@@ -252,7 +256,8 @@ class ActivationStore:
             create = None
             if not schema.sites:
                 create = schema.define(
-                    data, site_dims, source, cvals, self.chunk_samples, self._compressors
+                    data, site_dims, source, cvals, self.chunk_samples, self._compressors,
+                    {site: L.choose_compressors(self._codec, a) for site, a in data.items()},
                 )
             else:
                 schema.validate(data, site_dims, cvals)
