@@ -245,6 +245,26 @@ def out_of_core(max_gb: float, workdir: str) -> None:
         shutil.rmtree(Path(workdir) / "polysdk.zarr", ignore_errors=True)
 
 
+def ratios(model_kind: str) -> None:
+    """Print how much zstd level 1 shrinks each site's activations (what codec='auto' tests)."""
+    import numpy as np
+    import torch
+    from numcodecs import Zstd
+
+    from polysdk import Probe
+
+    model, sites, batch = build(model_kind)
+    with torch.no_grad():
+        acts = Probe(model, sites).run([batch(i) for i in range(2)], progress=False)
+    print(f"\n## {model_kind}: zstd:1 on two batches")
+    print("| site | ratio | saving | zeros |")
+    print("| --- | ---: | ---: | ---: |")
+    for site, a in acts.items():
+        x = np.ascontiguousarray(a.values)
+        ratio = x.nbytes / len(Zstd(level=1).encode(x))
+        print(f"| {site} | {ratio:.2f} | {1 - 1 / ratio:.0%} | {(x == 0).mean():.0%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tl", "cnn", "both"], default="both")
@@ -259,6 +279,7 @@ def main() -> None:
              "MALLOC_TOP_PAD_): removes the page-fault noise of memory returned to the OS "
              "and faulted back in each batch, which hits the bare forward the hardest",
     )
+    parser.add_argument("--ratios", action="store_true", help="only print zstd:1 ratios per site")
     parser.add_argument("--one", choices=METHODS)
     parser.add_argument("--workdir")
     args = parser.parse_args()
@@ -268,6 +289,10 @@ def main() -> None:
         os.environ.update(MALLOC_TRIM_THRESHOLD_=str(2**40), MALLOC_TOP_PAD_=str(2**28))
     if args.one:
         print(json.dumps(run_one(args.one, args.model, args.batches, args.workdir)))
+        return
+    if args.ratios:
+        for kind in (["tl", "cnn"] if args.model == "both" else [args.model]):
+            ratios(kind)
         return
     workdir = args.workdir or tempfile.mkdtemp(prefix="polysdk-bench-", dir=os.environ.get("BENCH_DIR"))
     try:
