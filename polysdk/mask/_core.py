@@ -110,11 +110,7 @@ def swapped_parameters(model: Any, replacements: Mapping[str, torch.Tensor]) -> 
     own = dict(module.named_parameters())
     by_id: dict[int, torch.Tensor] = {}
     for name, tensor in replacements.items():
-        if name not in own:
-            raise ConfigError(
-                f"mask for {name!r} names no parameter of {type(module).__name__}; "
-                f"keys must be names from model.named_parameters()"
-            )
+        _check_parameter_name(module, own, name)
         by_id[id(own[name])] = tensor
     slots: list[tuple[nn.Module, str, nn.Parameter]] = []
     for sub in module.modules():  # each module object once, however many names it has
@@ -128,6 +124,14 @@ def swapped_parameters(model: Any, replacements: Mapping[str, torch.Tensor]) -> 
     finally:
         for sub, attr, p in reversed(slots):
             sub._parameters[attr] = p
+
+
+def _check_parameter_name(module: nn.Module, own: Mapping[str, Any], name: str) -> None:
+    if name not in own:
+        raise ConfigError(
+            f"mask for {name!r} names no parameter of {type(module).__name__}; "
+            f"keys must be names from model.named_parameters()"
+        )
 
 
 def masked_call(
@@ -151,11 +155,7 @@ def masked_call(
     own = dict(module.named_parameters())
     replaced: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
-        if name not in own:
-            raise ConfigError(
-                f"mask for {name!r} names no parameter of {type(module).__name__}; "
-                f"keys must be names from model.named_parameters()"
-            )
+        _check_parameter_name(module, own, name)
         p = own[name].detach() if detach else own[name]
         m = expand_mask(mask.to(device=p.device), p.shape)
         replaced[name] = p * m.to(p.dtype) if m.dtype == torch.bool else p * m
