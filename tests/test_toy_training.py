@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -11,14 +12,14 @@ import torch_optimizer
 
 from polysdk.errors import ConfigError
 from polysdk.models.toy import (
-    ToyConfig, ToyModels, apply_nonlinearity, feature_probabilities, instance_generator,
-    make_embedding, nonlinearity_grad, sample_features,
+    FeatureSampler, ToyConfig, ToyModels, apply_nonlinearity, feature_probabilities,
+    instance_generator, make_embedding, nonlinearity_grad, sample_features,
 )
 from polysdk.train import (
     BatchedLamb, FlatParams, checkpoint_steps, cyclic_cosine_factors, plan_chunks,
     train_toy_models,
 )
-from polysdk.train.trainer import _DATA_STREAM
+from polysdk.train.trainer import _DATA_STREAM, _resolve_workers
 
 TINY = dict(N=24, m=6, k=32, log2_batch_size=5, log2_training_steps=5)
 
@@ -62,6 +63,25 @@ def test_instance_stream_independent_of_batch() -> None:
     together = sample_features(gens, probs, 8).clone()
     alone = sample_features([instance_generator(6, _DATA_STREAM)], probs[:1], 8)
     assert torch.equal(together[1], alone[0])
+
+
+def test_feature_sampler_draws_what_sample_features_draws() -> None:
+    probs = torch.stack([torch.full((16,), 0.3), torch.full((16,), 0.7)])
+    sampler = FeatureSampler([instance_generator(s, _DATA_STREAM) for s in (1, 2)], probs, 8)
+    gens = [instance_generator(s, _DATA_STREAM) for s in (1, 2)]
+    for _ in range(3):   # step after step, the same stream
+        assert torch.equal(sampler.draw(), sample_features(gens, probs, 8))
+    # draws=2: per instance, its first draw minus its second, from its own generator
+    pair = FeatureSampler([instance_generator(s, _DATA_STREAM) for s in (1, 2)], probs, 8,
+                          draws=2).draw()
+    for i, seed in enumerate((1, 2)):
+        gen = instance_generator(seed, _DATA_STREAM)
+        first = sample_features([gen], probs[i:i + 1], 8).clone()
+        assert torch.equal(pair[i], (first - sample_features([gen], probs[i:i + 1], 8))[0])
+    with pytest.raises(ConfigError, match="one generator per row"):
+        FeatureSampler(gens[:1], probs, 8)
+    with pytest.raises(ConfigError, match="draws=3"):
+        FeatureSampler(gens, probs, 8, draws=3)
 
 
 def test_embedding_unit_columns_and_deterministic() -> None:
@@ -213,7 +233,7 @@ def test_batched_instance_equals_alone() -> None:
             for lr, d, b, e in [(1e-3, 0, 0, 1 / 8), (1e-2, 0.03, -1, 1 / 16),
                                 (3e-2, 0.01, -0.5, 1 / 4), (5e-3, 0, 0.5, 1 / 8)]]
     seeds = [0, 1, 2, 0]
-    together = train_toy_models(cfgs, seeds)
+    together = train_toy_models(cfgs, seeds, workers=1)       # one batched computation
     for i in (1, 3):
         alone = train_toy_models([cfgs[i]], [seeds[i]])
         torch.testing.assert_close(together.models.W1[i], alone.models.W1[0], rtol=1e-4,
@@ -223,6 +243,65 @@ def test_batched_instance_equals_alone() -> None:
         np.testing.assert_allclose(together.losses[i], alone.losses[0], rtol=1e-4)
         np.testing.assert_allclose(together.checkpoint_activations[i],
                                    alone.checkpoint_activations[0], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("over", [
+    dict(),
+    dict(task="abs", nonlinearity="GeLU", sample_kind="power_law"),
+    dict(task="re-projector", nonlinearity="SoLU", reg=0.01),
+])
+def test_workers_split_instances_with_the_same_bits(over: dict) -> None:
+    cfgs = [ToyConfig(**TINY, **over, learning_rate=lr, decay=0.03, initial_bias=-0.5)
+            for lr in (1e-3, 3e-3, 1e-2, 3e-2, 5e-3)]
+    seeds = [0, 1, 2, 3, 0]
+    threads = torch.get_num_threads()
+    together = train_toy_models(cfgs, seeds, workers=1)
+    split = train_toy_models(cfgs, seeds, workers=3)          # groups of 2, 2 and 1
+    assert torch.get_num_threads() == threads                  # restored after the workers
+    assert split.configs == cfgs and split.seeds == seeds     # instance order kept
+    # the same arithmetic per instance; MKL may block a matmul differently for another
+    # number of instances (seen with the re-projector's m-wide output), so allow rounding
+    for name in ("W1", "b1", "W2", "embed", "target_embed"):
+        a, b = getattr(together.models, name), getattr(split.models, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    np.testing.assert_allclose(split.losses, together.losses, rtol=1e-5)
+    np.testing.assert_allclose(split.checkpoint_activations, together.checkpoint_activations,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(split.checkpoint_mean_bias, together.checkpoint_mean_bias,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_a_failing_worker_stops_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = ToyConfig(**{**TINY, "log2_training_steps": 12})
+    real = ToyModels.single_feature_activations
+
+    def fails_in_second_worker(self: ToyModels) -> torch.Tensor:   # at the first checkpoint
+        if threading.current_thread().name.endswith("_1"):
+            raise RuntimeError("boom in worker 1")
+        return real(self)
+
+    monkeypatch.setattr(ToyModels, "single_feature_activations", fails_in_second_worker)
+    steps: list[int] = []                  # reported by the first worker
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom in worker 1"):
+        train_toy_models([cfg] * 4, [0, 1, 2, 3], workers=2, step_callback=steps.append)
+    assert torch.get_num_threads() == threads
+    assert steps and steps[-1] < cfg.training_steps - 1     # it stopped, did not finish
+
+
+def test_workers_argument_checked() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert _resolve_workers(None, 1, cpu) == 1
+    assert _resolve_workers(None, 16, cpu) == min(16, torch.get_num_threads())
+    assert _resolve_workers(8, 3, cpu) == 3                  # never more than instances
+    assert _resolve_workers(None, 16, cuda) == 1             # GPUs batch every instance
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ConfigError, match="workers="):
+            _resolve_workers(bad, 4, cpu)
+    with pytest.raises(ConfigError, match="on cuda"):
+        _resolve_workers(2, 4, cuda)
 
 
 def test_train_result_shapes_and_logging() -> None:

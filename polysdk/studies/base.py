@@ -15,12 +15,11 @@ where the last one stopped (each study decides its own resume unit).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from polysdk.errors import ConfigError, closest_names
+from polysdk.train.trainer import torch_threads
 
 __all__ = ["Study", "register_study", "get_study", "available_studies", "resolve_device",
            "torch_threads", "parse_value"]
@@ -73,20 +73,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"device={str(device)!r} was asked for but CUDA is not available "
                           "here; use device='cpu' or 'auto'.")
     return dev
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (None: leave it); restored after."""
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def parse_value(text: str) -> Any:

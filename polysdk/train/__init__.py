@@ -7,8 +7,10 @@
 from polysdk.train.lamb import BatchedLamb, FlatParams
 from polysdk.train.schedule import cyclic_cosine_factors
 from polysdk.train.trainer import (
-    TrainResult, auto_chunk_size, checkpoint_steps, plan_chunks, train_toy_models,
+    TrainingStopped, TrainResult, auto_chunk_size, checkpoint_steps, plan_chunks,
+    torch_threads, train_toy_models,
 )
 
 __all__ = ["BatchedLamb", "FlatParams", "cyclic_cosine_factors", "TrainResult",
-           "auto_chunk_size", "checkpoint_steps", "plan_chunks", "train_toy_models"]
+           "TrainingStopped", "auto_chunk_size", "checkpoint_steps", "plan_chunks",
+           "torch_threads", "train_toy_models"]

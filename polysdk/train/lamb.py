@@ -5,9 +5,9 @@
     opt = BatchedLamb(flat)
     opt.step(grad=flat.new_grad(), lr=torch.full((8,), 3e-3))   # one update of 8 models
 
-The K instances' parameters live in one flat buffer ``[K, P]`` (each tensor a view into
-it), so every element-wise part of the update is one operation for all instances and
-all tensors. The trust ratio is taken per instance *and* per parameter tensor, as
+The K instances' parameters live in one flat buffer (each tensor a ``[K, *shape]`` view
+into it), so every element-wise part of the update is one operation for all instances
+and all tensors. The trust ratio is taken per instance *and* per parameter tensor, as
 ``torch_optimizer.Lamb`` does per tensor: ``clamp(|w|, 0, 10) / |adam_step|`` (1 when
 either norm is 0); defaults betas (0.9, 0.999), eps 1e-6, no weight decay, no debias.
 """
@@ -26,11 +26,15 @@ __all__ = ["FlatParams", "BatchedLamb"]
 
 
 class FlatParams:
-    """Several ``[K, *shape]`` parameter tensors stored as views of one ``[K, P]`` buffer.
+    """Several ``[K, *shape]`` parameter tensors stored as views of one flat buffer.
+
+    Each tensor's K instances form one contiguous block (``[W1 of all K | b1 of all K |
+    ...]``), so a batched matmul writes a gradient straight into its place and an
+    element-wise optimizer step is one operation over the whole buffer.
 
     >>> fp = FlatParams(K=2, shapes={"w": (3, 4), "b": (3,)})
     >>> fp["w"].shape, fp.data.shape
-    (torch.Size([2, 3, 4]), torch.Size([2, 15]))
+    (torch.Size([2, 3, 4]), torch.Size([30]))
     """
 
     def __init__(self, K: int, shapes: Mapping[str, tuple[int, ...]],
@@ -39,13 +43,13 @@ class FlatParams:
         self.names = list(shapes)
         self.shapes = {n: tuple(int(s) for s in shapes[n]) for n in self.names}
         self.sizes = [math.prod(self.shapes[n]) for n in self.names]
-        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
-        self.data = torch.zeros((self.K, sum(self.sizes)), device=device, dtype=dtype)
+        self.offsets = [self.K * sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.data = torch.zeros(self.K * sum(self.sizes), device=device, dtype=dtype)
 
     def view(self, buffer: Tensor, name: str) -> Tensor:
+        """Tensor ``name`` of every instance, ``[K, *shape]``, as a view of ``buffer``."""
         i = self.names.index(name)
-        start = self.offsets[i]
-        return buffer[:, start:start + self.sizes[i]].view(self.K, *self.shapes[name])
+        return self.segments(buffer)[i].view(self.K, *self.shapes[name])
 
     def __getitem__(self, name: str) -> Tensor:
         return self.view(self.data, name)
@@ -54,8 +58,9 @@ class FlatParams:
         return torch.zeros_like(self.data)
 
     def segments(self, buffer: Tensor) -> list[Tensor]:
-        """The ``[K, size]`` slice of each tensor in ``buffer`` (same layout as data)."""
-        return [buffer[:, o:o + s] for o, s in zip(self.offsets, self.sizes)]
+        """Each tensor's block of ``buffer`` (same layout as data) as ``[K, size]``."""
+        return [buffer[o:o + self.K * s].view(self.K, s)
+                for o, s in zip(self.offsets, self.sizes)]
 
 
 class BatchedLamb:
@@ -79,12 +84,24 @@ class BatchedLamb:
         self.exp_avg = torch.zeros_like(params.data)
         self.exp_avg_sq = torch.zeros_like(params.data)
         self.n_steps = 0
-        self._adam_step = torch.empty_like(params.data)   # scratch, reused every step
+        # scratch reused every step, and the views of it that the update needs
+        self._adam_step = torch.empty_like(params.data)
+        n = len(params.sizes)
+        self._w_norm = torch.empty((n, params.K), device=params.data.device)
+        self._a_norm = torch.empty_like(self._w_norm)
+        self._min_norm = torch.empty_like(self._w_norm)
+        self._scale = torch.empty_like(self._w_norm)                     # [tensor, K]
+        self._scale_columns = [row.unsqueeze(1) for row in self._scale]  # [K, 1] each
+        self._w_segments = params.segments(params.data)
+        self._a_segments = params.segments(self._adam_step)
         floor = (eps * 1e-9) ** 2
         self._floor = floor if floor >= torch.finfo(params.data.dtype).tiny else 0.0
 
-    def _norms(self, buffer: Tensor) -> Tensor:
-        return torch.stack([seg.norm(dim=1) for seg in self.params.segments(buffer)], dim=1)
+    @staticmethod
+    def _norms(segments: list[Tensor], out: Tensor) -> Tensor:
+        for seg, row in zip(segments, out):
+            torch.linalg.vector_norm(seg, dim=1, out=row)
+        return out
 
     @torch.no_grad()
     def step(self, grad: Tensor, lr: Tensor) -> None:
@@ -108,14 +125,16 @@ class BatchedLamb:
         torch.div(self.exp_avg, adam_step, out=adam_step)
         if self.weight_decay != 0:
             adam_step.add_(theta, alpha=self.weight_decay)
+        scale = self._scale                                               # [tensor, K]
         if self.adam:
-            trust = torch.ones((theta.shape[0], len(self.params.sizes)), device=theta.device)
+            scale.copy_(step_scale.expand_as(scale))
         else:
-            w_norm = self._norms(theta).clamp_(0, self.clamp_value)
-            a_norm = self._norms(adam_step)
-            trust = torch.where((w_norm == 0) | (a_norm == 0), torch.ones_like(w_norm),
-                                w_norm / a_norm)
-        scale = trust * step_scale.unsqueeze(1)                           # [K, n_tensors]
-        for j, (w_seg, a_seg) in enumerate(zip(self.params.segments(theta),
-                                                self.params.segments(adam_step))):
-            w_seg.addcmul_(a_seg, scale[:, j:j + 1], value=-1.0)
+            w_norm = self._norms(self._w_segments, self._w_norm).clamp_(0, self.clamp_value)
+            a_norm = self._norms(self._a_segments, self._a_norm)
+            # trust = |w| / |adam_step|, or 1 where either norm is 0 (both are >= 0)
+            torch.div(w_norm, a_norm, out=scale)
+            scale.masked_fill_(torch.minimum(w_norm, a_norm, out=self._min_norm) == 0, 1.0)
+            scale.mul_(step_scale)
+        for w_seg, a_seg, column in zip(self._w_segments, self._a_segments,
+                                        self._scale_columns):
+            w_seg.addcmul_(a_seg, column, value=-1.0)
