@@ -19,7 +19,8 @@ from polysdk.train import (
     BatchedLamb, FlatParams, checkpoint_steps, cyclic_cosine_factors, plan_chunks,
     train_toy_models,
 )
-from polysdk.train.trainer import _DATA_STREAM, _resolve_workers
+from polysdk.train._group import InstanceGroup
+from polysdk.train.trainer import _DATA_STREAM, _concatenate, _resolve_workers, _WorkSharing
 
 TINY = dict(N=24, m=6, k=32, log2_batch_size=5, log2_training_steps=5)
 
@@ -245,6 +246,17 @@ def test_batched_instance_equals_alone() -> None:
                                    alone.checkpoint_activations[0], rtol=1e-3, atol=1e-5)
 
 
+def _assert_same_training(got: object, want: object) -> None:
+    for name in ("W1", "b1", "W2", "embed"):
+        torch.testing.assert_close(getattr(got.models, name), getattr(want.models, name),
+                                   rtol=1e-5, atol=1e-6, msg=name)
+    np.testing.assert_allclose(got.losses, want.losses, rtol=1e-5)
+    np.testing.assert_allclose(got.checkpoint_activations, want.checkpoint_activations,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.checkpoint_mean_bias, want.checkpoint_mean_bias,
+                               rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("over", [
     dict(),
     dict(task="abs", nonlinearity="GeLU", sample_kind="power_law"),
@@ -261,16 +273,9 @@ def test_workers_split_instances_with_the_same_bits(over: dict) -> None:
     assert split.configs == cfgs and split.seeds == seeds     # instance order kept
     # the same arithmetic per instance; MKL may block a matmul differently for another
     # number of instances (seen with the re-projector's m-wide output), so allow rounding
-    for name in ("W1", "b1", "W2", "embed", "target_embed"):
-        a, b = getattr(together.models, name), getattr(split.models, name)
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
-    np.testing.assert_allclose(split.losses, together.losses, rtol=1e-5)
-    np.testing.assert_allclose(split.checkpoint_activations, together.checkpoint_activations,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(split.checkpoint_mean_bias, together.checkpoint_mean_bias,
-                               rtol=1e-5, atol=1e-7)
+    _assert_same_training(split, together)
+    if over.get("task") == "re-projector":
+        assert torch.equal(split.models.target_embed, together.models.target_embed)
 
 
 def test_a_failing_worker_stops_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,6 +294,50 @@ def test_a_failing_worker_stops_the_others(monkeypatch: pytest.MonkeyPatch) -> N
         train_toy_models([cfg] * 4, [0, 1, 2, 3], workers=2, step_callback=steps.append)
     assert torch.get_num_threads() == threads
     assert steps and steps[-1] < cfg.training_steps - 1     # it stopped, did not finish
+
+
+def test_split_group_goes_on_where_it_was() -> None:
+    """Splitting mid-run moves parameters, LAMB moments, generators and logs along."""
+    cfgs = [ToyConfig(**TINY, learning_rate=lr, decay=0.03, initial_bias=-0.5)
+            for lr in (1e-3, 3e-3, 1e-2, 3e-2)]
+    whole = InstanceGroup(cfgs, [0, 1, 2, 3], range(4), "cpu")
+    while not whole.done:
+        whole.advance()
+    parent = InstanceGroup(cfgs, [0, 1, 2, 3], range(4), "cpu")
+    for _ in range(7):                               # past checkpoints 0, 1, 3 and a loss log
+        parent.advance()
+    given, kept = parent.split([1, 3])
+    assert given.indices == [1, 3] and kept.indices == [0, 2] and given.step == 7
+    for g in (given, kept):
+        while not g.done:
+            g.advance()
+    ref = whole.result()
+    for group, rows in ((given, [1, 3]), (kept, [0, 2])):
+        got = group.result()
+        torch.testing.assert_close(got.models.W1, ref.models.W1[rows], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.models.b1, ref.models.b1[rows], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.losses, ref.losses[rows], rtol=1e-5)
+        np.testing.assert_allclose(got.checkpoint_activations, ref.checkpoint_activations[rows],
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="both sides"):
+        parent.split([0, 1, 2, 3])
+
+
+def test_work_sharing_splits_a_wanted_group_and_keeps_the_order() -> None:
+    cfgs = [ToyConfig(**{**TINY, "log2_training_steps": 7}, learning_rate=lr)
+            for lr in (1e-3, 3e-3, 1e-2, 3e-2, 5e-3)]
+    seeds = [4, 3, 2, 1, 0]
+    group = InstanceGroup(cfgs, seeds, range(5), "cpu")
+    steps: list[int] = []
+    sharing = _WorkSharing([group], bar=type("NoBar", (), {"update": lambda *a: None})(),
+                           step_callback=steps.append)
+    sharing.wanted.add(group)           # as if an idle worker asked: split at the next step
+    sharing.work()                      # one worker: trains its half, then the half it gave
+    assert len(sharing.finished) == 2 and steps == list(range(cfgs[0].training_steps))
+    parts = sorted(sharing.finished, key=lambda g: g.indices[0])
+    assert [g.indices for g in parts] == [[0, 1], [2, 3, 4]]
+    _assert_same_training(_concatenate([g.result() for g in parts]),
+                          train_toy_models(cfgs, seeds, workers=1))
 
 
 def test_workers_argument_checked() -> None:
