@@ -17,6 +17,7 @@ Usage::
     python benchmarks/capture.py --model tl --batches 48
     python benchmarks/capture.py --out-of-core 6      # polysdk at growing sizes up to 6 GB
     python benchmarks/capture.py --threads 1          # leave a core to the writer
+    python benchmarks/capture.py --model cnn --warm 4 # one warm process, alternating
 
 Prints time as a ratio to (a), MB/s of activations, the peak RSS of the process and
 its growth during the loop.
@@ -281,6 +282,57 @@ def ratios(model_kind: str) -> None:
                   f"| {x.nbytes / 2**20 / min(seconds):.0f} |")
 
 
+def warm_rounds(model_kind: str, n_batches: int, rounds: int, workdir: str) -> None:
+    """bare, polysdk (auto) and polysdk (none) alternating in one warm process.
+
+    The per-process tables compare fresh processes, where the first batches pay for
+    the allocator's growth; here a warm-up round comes first and the median of the
+    following rounds is reported (steady state, as in a long capture).
+    """
+    import statistics
+
+    import torch
+
+    from polysdk import ActivationStore, Probe
+
+    torch.set_num_threads(int(os.environ.get("CAPTURE_THREADS") or max(1, os.cpu_count() or 1)))
+    model, sites, batch = build(model_kind)
+
+    def bare() -> float:
+        t = time.perf_counter()
+        for i in range(n_batches):
+            model(batch(i))
+        return time.perf_counter() - t
+
+    def capture(codec: str, k: int) -> float:
+        path = Path(workdir) / f"warm-{codec}-{k}.zarr"
+        shutil.rmtree(path, ignore_errors=True)
+        os.sync()
+        t = time.perf_counter()
+        with ActivationStore(path, mode="w", codec=codec) as store:
+            Probe(model, sites, store=store).run((batch(i) for i in range(n_batches)),
+                                                 progress=False)
+        took = time.perf_counter() - t
+        shutil.rmtree(path, ignore_errors=True)
+        return took
+
+    times: dict[str, list[float]] = {"bare": [], "polysdk": [], "polysdk_nocomp": []}
+    with torch.no_grad():
+        for k in range(rounds + 1):   # round 0 warms up and is not counted
+            got = {"bare": bare(), "polysdk": capture("auto", k),
+                   "polysdk_nocomp": capture("none", k)}
+            if k:
+                for name, t in got.items():
+                    times[name].append(t)
+    base = statistics.median(times["bare"])
+    print(f"\n## {model_kind}: one warm process, {rounds} rounds of {n_batches} batches "
+          "(median seconds)")
+    print("| method | median (s) | x bare | all rounds (s) |\n| --- | ---: | ---: | --- |")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.2f} | {med / base:.2f} | {', '.join(f'{t:.2f}' for t in ts)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tl", "cnn", "both"], default="both")
@@ -296,6 +348,9 @@ def main() -> None:
              "and faulted back in each batch, which hits the bare forward the hardest",
     )
     parser.add_argument("--ratios", action="store_true", help="only print zstd:1 ratios per site")
+    parser.add_argument("--warm", type=int, default=0, metavar="ROUNDS",
+                        help="instead of the tables: bare and polysdk alternating in one "
+                             "warm process for ROUNDS rounds (steady state)")
     parser.add_argument("--one", choices=METHODS)
     parser.add_argument("--workdir")
     args = parser.parse_args()
@@ -312,6 +367,10 @@ def main() -> None:
         return
     workdir = args.workdir or tempfile.mkdtemp(prefix="polysdk-bench-", dir=os.environ.get("BENCH_DIR"))
     try:
+        if args.warm:
+            for kind in (["tl", "cnn"] if args.model == "both" else [args.model]):
+                warm_rounds(kind, args.batches, args.warm, workdir)
+            return
         for kind in (["tl", "cnn"] if args.model == "both" else [args.model]):
             chosen = ["bare"] + [m for m in args.methods.split(",") if m in METHODS and m != "bare"]
             table(kind, args.batches, workdir, args.repeats, chosen)
