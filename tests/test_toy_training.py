@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import numpy as np
@@ -19,7 +20,7 @@ from polysdk.train import (
     BatchedLamb, FlatParams, checkpoint_steps, cyclic_cosine_factors, plan_chunks,
     train_toy_models,
 )
-from polysdk.train._group import InstanceGroup
+from polysdk.train._group import InstanceGroup, _step_function, toy_step
 from polysdk.train.trainer import _DATA_STREAM, _concatenate, _resolve_workers, _WorkSharing
 
 TINY = dict(N=24, m=6, k=32, log2_batch_size=5, log2_training_steps=5)
@@ -338,6 +339,29 @@ def test_work_sharing_splits_a_wanted_group_and_keeps_the_order() -> None:
     assert [g.indices for g in parts] == [[0, 1], [2, 3, 4]]
     _assert_same_training(_concatenate([g.result() for g in parts]),
                           train_toy_models(cfgs, seeds, workers=1))
+
+
+@pytest.mark.parametrize("over", [
+    dict(), dict(task="abs", nonlinearity="GeLU", reg=0.01),
+    dict(task="re-projector", nonlinearity="SoLU"),
+])
+def test_compiled_step_equals_the_python_step(over: dict) -> None:
+    step = _step_function(torch.device("cpu"))
+    if sys.version_info < (3, 14):   # TorchScript compiles it here (the fast path is used)
+        assert isinstance(step, torch.jit.ScriptFunction)
+    cfgs = [ToyConfig(**TINY, **over, learning_rate=lr, decay=0.03, initial_bias=-0.5)
+            for lr in (1e-3, 3e-2)]
+    compiled = InstanceGroup(cfgs, [0, 1], range(2), "cpu")
+    python = InstanceGroup(cfgs, [0, 1], range(2), "cpu")
+    python._step = toy_step
+    for _ in range(cfgs[0].training_steps):
+        compiled.advance()
+        python.advance()
+    a, b = compiled.result(), python.result()
+    for name in ("W1", "b1", "W2"):                      # the same operations: same bits
+        assert torch.equal(getattr(a.models, name), getattr(b.models, name)), name
+    np.testing.assert_array_equal(a.losses, b.losses)
+    np.testing.assert_array_equal(a.checkpoint_activations, b.checkpoint_activations)
 
 
 def test_workers_argument_checked() -> None:

@@ -21,7 +21,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -169,23 +169,24 @@ def make_embedding(N: int, m: int, generator: torch.Generator) -> Tensor:
     return u.T.contiguous().to(torch.float32)
 
 
-def apply_nonlinearity(name: str, h: Tensor, out: Tensor | None = None) -> Tensor:
-    """ReLU, GeLU (erf form) or SoLU = x * exp(x) (into ``out`` when given)."""
-    if out is not None:
-        if name == "ReLU":
-            return torch.clamp_min(h, 0.0, out=out)
-        return out.copy_(apply_nonlinearity(name, h))
+def apply_nonlinearity(name: str, h: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """ReLU, GeLU (erf form) or SoLU = x * exp(x) (into ``out`` when given).
+
+    Written so that TorchScript compiles it (the trainer's step does).
+    """
     if name == "ReLU":
-        return torch.relu(h)
+        if out is None:
+            return torch.relu(h)
+        return torch.clamp_min(h, 0.0, out=out)
     if name == "GeLU":
-        return torch.nn.functional.gelu(h)
-    if name == "SoLU":
-        return h * torch.exp(h)
-    raise ConfigError(f"nonlinearity={name!r} is not known; use one of {list(NONLINEARITIES)}.")
-
-
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+        a = torch.nn.functional.gelu(h)
+    elif name == "SoLU":
+        a = h * torch.exp(h)
+    else:
+        raise ConfigError("nonlinearity=" + name + " is not known; use ReLU, GeLU or SoLU.")
+    if out is None:
+        return a
+    return out.copy_(a)
 
 
 def nonlinearity_grad(name: str, h: Tensor) -> Tensor:
@@ -193,11 +194,12 @@ def nonlinearity_grad(name: str, h: Tensor) -> Tensor:
     if name == "ReLU":
         return (h > 0).to(h.dtype)   # the trainer fuses this (threshold_backward)
     if name == "GeLU":
-        cdf = 0.5 * (1.0 + torch.erf(h * _SQRT_HALF))
-        return cdf + h * torch.exp(-0.5 * h * h) * _INV_SQRT_2PI
+        sqrt_half, inv_sqrt_2pi = 1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
+        cdf = 0.5 * (1.0 + torch.erf(h * sqrt_half))
+        return cdf + h * torch.exp(-0.5 * h * h) * inv_sqrt_2pi
     if name == "SoLU":
         return torch.exp(h) * (1.0 + h)
-    raise ConfigError(f"nonlinearity={name!r} is not known; use one of {list(NONLINEARITIES)}.")
+    raise ConfigError("nonlinearity=" + name + " is not known; use ReLU, GeLU or SoLU.")
 
 
 def sample_features(generators: Sequence[torch.Generator], probs: Tensor, batch: int,

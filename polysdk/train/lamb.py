@@ -22,7 +22,7 @@ from torch import Tensor
 
 from polysdk.errors import ConfigError
 
-__all__ = ["FlatParams", "BatchedLamb"]
+__all__ = ["FlatParams", "BatchedLamb", "lamb_update"]
 
 
 class FlatParams:
@@ -97,44 +97,61 @@ class BatchedLamb:
         floor = (eps * 1e-9) ** 2
         self._floor = floor if floor >= torch.finfo(params.data.dtype).tiny else 0.0
 
-    @staticmethod
-    def _norms(segments: list[Tensor], out: Tensor) -> Tensor:
-        for seg, row in zip(segments, out):
-            torch.linalg.vector_norm(seg, dim=1, out=row)
-        return out
-
     @torch.no_grad()
     def step(self, grad: Tensor, lr: Tensor) -> None:
-        beta1, beta2 = self.betas
-        theta = self.params.data
         self.n_steps += 1
-        self.exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step_scale = lr
         if self.debias:
+            beta1, beta2 = self.betas
             corr = math.sqrt(1 - beta2 ** self.n_steps) / (1 - beta1 ** self.n_steps)
             step_scale = lr * corr
-        adam_step = self._adam_step
-        if self._floor:
-            # sqrt of exact zeros takes a slow path on CPU (~7x); a floor far below eps
-            # changes nothing once eps is added (sqrt(floor) < eps * 1e-9 < half an ulp)
-            torch.clamp_min(self.exp_avg_sq, self._floor, out=adam_step)
-            adam_step.sqrt_().add_(self.eps)
-        else:
-            torch.sqrt(self.exp_avg_sq, out=adam_step).add_(self.eps)
-        torch.div(self.exp_avg, adam_step, out=adam_step)
-        if self.weight_decay != 0:
-            adam_step.add_(theta, alpha=self.weight_decay)
-        scale = self._scale                                               # [tensor, K]
-        if self.adam:
-            scale.copy_(step_scale.expand_as(scale))
-        else:
-            w_norm = self._norms(self._w_segments, self._w_norm).clamp_(0, self.clamp_value)
-            a_norm = self._norms(self._a_segments, self._a_norm)
-            # trust = |w| / |adam_step|, or 1 where either norm is 0 (both are >= 0)
-            torch.div(w_norm, a_norm, out=scale)
-            scale.masked_fill_(torch.minimum(w_norm, a_norm, out=self._min_norm) == 0, 1.0)
-            scale.mul_(step_scale)
-        for w_seg, a_seg, column in zip(self._w_segments, self._a_segments,
-                                        self._scale_columns):
-            w_seg.addcmul_(a_seg, column, value=-1.0)
+        lamb_update(*self.update_arguments(grad, step_scale))
+
+    def update_arguments(self, grad: Tensor, step_scale: Tensor) -> tuple:
+        """The arguments of :func:`lamb_update` for one step (the caller counts steps)."""
+        return (self.params.data, grad, self.exp_avg, self.exp_avg_sq, self._adam_step,
+                self._w_segments, self._a_segments, self._w_norm, self._a_norm,
+                self._min_norm, self._scale, self._scale_columns, step_scale,
+                self.betas[0], self.betas[1], self.eps, self._floor, self.weight_decay,
+                self.clamp_value, self.adam)
+
+
+def lamb_update(theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
+                adam_step: Tensor, w_segments: list[Tensor], a_segments: list[Tensor],
+                w_norm: Tensor, a_norm: Tensor, min_norm: Tensor, scale: Tensor,
+                scale_columns: list[Tensor], step_scale: Tensor, beta1: float, beta2: float,
+                eps: float, floor: float, weight_decay: float, clamp_value: float,
+                adam: bool) -> None:
+    """One LAMB update of :class:`BatchedLamb`'s buffers, in place.
+
+    A plain function of tensors and numbers, so that TorchScript can compile it into a
+    training step (see :mod:`polysdk.train._group`); ``step_scale`` is the learning rate
+    per instance, ``[K]``; ``scale`` is ``[tensor, K]`` scratch with ``scale_columns``
+    its ``[K, 1]`` rows.
+    """
+    exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    if floor > 0:
+        # sqrt of exact zeros takes a slow path on CPU (~7x); a floor far below eps
+        # changes nothing once eps is added (sqrt(floor) < eps * 1e-9 < half an ulp)
+        torch.clamp_min(exp_avg_sq, floor, out=adam_step)
+        adam_step.sqrt_().add_(eps)
+    else:
+        torch.sqrt(exp_avg_sq, out=adam_step).add_(eps)
+    torch.div(exp_avg, adam_step, out=adam_step)
+    if weight_decay != 0:
+        adam_step.add_(theta, alpha=weight_decay)
+    if adam:
+        scale.copy_(step_scale.expand_as(scale))
+    else:
+        for i, seg in enumerate(w_segments):
+            torch.linalg.vector_norm(seg, 2.0, [1], False, out=w_norm[i])
+        w_norm.clamp_(0.0, clamp_value)
+        for i, seg in enumerate(a_segments):
+            torch.linalg.vector_norm(seg, 2.0, [1], False, out=a_norm[i])
+        # trust = |w| / |adam_step|, or 1 where either norm is 0 (both are >= 0)
+        torch.div(w_norm, a_norm, out=scale)
+        scale.masked_fill_(torch.minimum(w_norm, a_norm, out=min_norm) == 0, 1.0)
+        scale.mul_(step_scale)
+    for w_seg, a_seg, column in zip(w_segments, a_segments, scale_columns):
+        w_seg.addcmul_(a_seg, column, value=-1.0)
