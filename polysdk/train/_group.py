@@ -139,17 +139,12 @@ class InstanceGroup:
         self.d_h_T = (self.h if self.nl == "ReLU" else self.d_a).transpose(1, 2)
         self.g_W1, self.g_b1, self.g_W2 = (self.flat.view(self.grad, n) for n in _PARAMS)
         self._step = _step_function(device)
-        opt = self.opt
         self._fixed = (
             self.task, self.nl, B, self.E_T, self.P_T, self.proj, self.x, self.h,
             self.a, self.d_a, self.diff, self.diff_T, self.d_h_T, self.W1_T, models_.W2,
             self.W2_T, models_.b1, self.b1_row, self.g_W1, self.g_b1, self.g_W2, self.reg,
             self.any_reg, self.loss_log, self.decay_mult,
-            # LAMB's state (BatchedLamb.update_arguments, less grad and the rate)
-            self.flat.data, self.grad, opt.exp_avg, opt.exp_avg_sq, opt._adam_step,
-            opt._w_segments, opt._a_segments, opt._w_norm, opt._a_norm, opt._min_norm,
-            opt._scale, opt._scale_columns, opt.betas[0], opt.betas[1], opt.eps,
-            opt._floor, opt.weight_decay, opt.clamp_value, opt.adam)
+            *self.opt.update_arguments(self.grad))   # LAMB's buffers and settings
 
     @property
     def done(self) -> bool:
@@ -167,6 +162,7 @@ class InstanceGroup:
         loss_column = step // LOSS_EVERY if step % LOSS_EVERY == 0 else -1
         decay_now = self.any_decay and step < self.T / 2
         self._step(v, self.lr_table[step], loss_column, decay_now, *self._fixed)
+        self.opt.n_steps += 1
         j = self.ckpt_index.get(step)
         if j is not None:
             self.ck_acts[:, j] = self.models.single_feature_activations().cpu().numpy()
@@ -253,8 +249,8 @@ def toy_step(v: Tensor, step_scale: Tensor, loss_column: int, decay_now: bool, t
         d_h = d_a.mul_(nonlinearity_grad(nl, h))
     torch.bmm(d_h_T, x, out=g_W1)
     torch.sum(d_h, [1], out=g_b1)
-    lamb_update(theta, grad, exp_avg, exp_avg_sq, adam_step, w_segments, a_segments,
-                w_norm, a_norm, min_norm, scale, scale_columns, step_scale, beta1, beta2,
+    lamb_update(step_scale, theta, grad, exp_avg, exp_avg_sq, adam_step, w_segments,
+                a_segments, w_norm, a_norm, min_norm, scale, scale_columns, beta1, beta2,
                 eps, floor, weight_decay, clamp_value, adam)
     if decay_now:
         b1.mul_(decay_mult)

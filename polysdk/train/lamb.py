@@ -105,21 +105,25 @@ class BatchedLamb:
             beta1, beta2 = self.betas
             corr = math.sqrt(1 - beta2 ** self.n_steps) / (1 - beta1 ** self.n_steps)
             step_scale = lr * corr
-        lamb_update(*self.update_arguments(grad, step_scale))
+        lamb_update(step_scale, *self.update_arguments(grad))
 
-    def update_arguments(self, grad: Tensor, step_scale: Tensor) -> tuple:
-        """The arguments of :func:`lamb_update` for one step (the caller counts steps)."""
+    def update_arguments(self, grad: Tensor) -> tuple:
+        """:func:`lamb_update`'s arguments after the rate: the buffers, ``grad``, settings.
+
+        For callers that run the update themselves (a compiled training step); they
+        count ``n_steps``.
+        """
         return (self.params.data, grad, self.exp_avg, self.exp_avg_sq, self._adam_step,
                 self._w_segments, self._a_segments, self._w_norm, self._a_norm,
-                self._min_norm, self._scale, self._scale_columns, step_scale,
-                self.betas[0], self.betas[1], self.eps, self._floor, self.weight_decay,
-                self.clamp_value, self.adam)
+                self._min_norm, self._scale, self._scale_columns, self.betas[0],
+                self.betas[1], self.eps, self._floor, self.weight_decay, self.clamp_value,
+                self.adam)
 
 
-def lamb_update(theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
-                adam_step: Tensor, w_segments: list[Tensor], a_segments: list[Tensor],
-                w_norm: Tensor, a_norm: Tensor, min_norm: Tensor, scale: Tensor,
-                scale_columns: list[Tensor], step_scale: Tensor, beta1: float, beta2: float,
+def lamb_update(step_scale: Tensor, theta: Tensor, grad: Tensor, exp_avg: Tensor,
+                exp_avg_sq: Tensor, adam_step: Tensor, w_segments: list[Tensor],
+                a_segments: list[Tensor], w_norm: Tensor, a_norm: Tensor, min_norm: Tensor,
+                scale: Tensor, scale_columns: list[Tensor], beta1: float, beta2: float,
                 eps: float, floor: float, weight_decay: float, clamp_value: float,
                 adam: bool) -> None:
     """One LAMB update of :class:`BatchedLamb`'s buffers, in place.
