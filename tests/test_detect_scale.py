@@ -17,7 +17,7 @@ from polysdk.store import ActivationStore
 
 @pytest.fixture(scope="module")
 def client():
-    distributed = pytest.importorskip("dask.distributed")
+    import dask.distributed as distributed   # a required dependency: never skipped
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster, set_as_default=False) as c:
