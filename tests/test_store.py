@@ -480,10 +480,11 @@ def test_reader_follows_writer(path):
 
 @pytest.mark.parametrize("codec", ["none", "zstd:1", "blosc-lz4"])
 def test_whole_chunks_hold_the_bytes_zarr_itself_writes(tmp_path, codec):
-    """The writer's direct whole-chunk path writes what zarr's own pipeline writes."""
+    """The writer's direct chunk path writes what zarr's own pipeline writes, the padded
+    last chunk (5 of 16 samples, written at the flush) included."""
     import zarr
 
-    x = np.random.default_rng(0).standard_normal((64, 3, 5)).astype("f4")
+    x = np.random.default_rng(0).standard_normal((69, 3, 5)).astype("f4")
     ours = tmp_path / "ours.zarr"
     with ActivationStore(ours, mode="w", chunk_samples=16, codec=codec) as s:
         s.append({"s": x}, dims={"s": ("sample", "position", "unit")})
@@ -492,7 +493,7 @@ def test_whole_chunks_hold_the_bytes_zarr_itself_writes(tmp_path, codec):
         compressors=zarr.open_array(ours / "s" / "activation", mode="r").compressors,
     )
     reference[:] = x
-    for i in range(4):
+    for i in range(5):
         mine = (ours / "s" / "activation" / "c" / str(i) / "0" / "0").read_bytes()
         theirs = (tmp_path / "ref.zarr" / "a" / "c" / str(i) / "0" / "0").read_bytes()
         assert mine == theirs

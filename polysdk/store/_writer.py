@@ -144,12 +144,23 @@ class Writer:
                     self.error = exc
 
     def _trim(self) -> None:
-        # arrays grow ahead of the data; the commit record already hides the excess,
-        # trimming makes each array's own zarr.json exact too (non-consolidated readers)
+        """Make each array's own ``zarr.json`` say its written length.
+
+        Arrays grow ahead of the data; the commit record already hides the excess,
+        trimming makes each array's metadata exact too (for non-consolidated readers).
+        Only the shape changes and the chunks past it are never written, so the file
+        is rewritten directly (atomically) instead of through zarr's ``resize``, which
+        costs ~5 ms per array at the end of every capture.
+        """
+        from polysdk.store._layout import atomic_write_json, read_json
+
         for site, arrays in self._arrays.items():
-            for arr in arrays.values():
+            for name, arr in arrays.items():
                 if arr.shape[0] != self._written[site]:
-                    arr.resize((self._written[site], *arr.shape[1:]))
+                    meta_file = self.root / site / name / "zarr.json"
+                    meta = read_json(meta_file)
+                    meta["shape"] = [self._written[site], *meta["shape"][1:]]
+                    atomic_write_json(meta_file, meta)
 
     @property
     def alive(self) -> bool:
@@ -232,34 +243,37 @@ class Writer:
         pieces = self._pending[site]
         start = self._written[site]
         stop = start + k
-        rest: dict[str, np.ndarray] = {}
         for name, arr in self._arrays[site].items():
-            if len(pieces) == 1:
-                data = pieces[0][name]
-            else:
-                data = np.concatenate([p[name] for p in pieces])
+            parts = [p[name] for p in pieces]
             if arr.shape[0] < stop:  # grow geometrically: few metadata writes
                 chunk = arr.chunks[0]
                 grown = -(-max(stop, 2 * arr.shape[0], 64 * chunk) // chunk) * chunk
                 arr.resize((grown, *arr.shape[1:]))
-            if not self._write_whole_chunks(site, name, arr, start, data[:k]):
+            if not self._write_whole_chunks(site, name, arr, start, parts, k):
+                data = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 arr[start:stop] = data[:k]
-            rest[name] = data[k:]
-        left = self._pending_n[site] - k
-        self._pending[site] = [rest] if left else []
-        self._pending_n[site] = left
+        self._pending[site] = _drop_samples(pieces, k)
+        self._pending_n[site] -= k
         self._written[site] = stop
 
-    def _write_whole_chunks(self, site: str, name: str, arr: Any, start: int, data: np.ndarray) -> bool:
-        """Write chunk-aligned whole chunks straight to their files; False if not applicable.
+    def _write_whole_chunks(
+        self, site: str, name: str, arr: Any, start: int, parts: list[np.ndarray], k: int
+    ) -> bool:
+        """Write ``k`` samples from ``parts`` as whole chunks straight to their files.
 
-        Writes exactly the bytes zarr's own pipeline writes for a ``bytes`` (+ ``zstd``)
-        codec chain, each file through a temporary name and ``os.replace`` like zarr's
-        ``LocalStore``, without zarr's per-call overhead (its event loop, buffer
-        copies): on a 2-core machine that overhead competed with the model's forward.
+        Returns False (nothing written) where this does not apply: not chunk-aligned, not
+        numeric, or a codec chain other than ``bytes`` (+ ``zstd``). Writes exactly the
+        bytes zarr's own pipeline writes for those chains, each file through a temporary
+        name and ``os.replace`` like zarr's ``LocalStore``, without zarr's per-call
+        overhead (its event loop, buffer copies): on a 2-core machine that overhead
+        competed with the model's forward. The batches making up a chunk are copied
+        once, straight into the page-aligned buffer the file is written from.
         """
         chunk = arr.chunks[0]
-        if start % chunk or len(data) % chunk or data.dtype.kind not in "biuf":
+        tail = k % chunk  # only at a flush: the last chunk, padded with the fill value
+        if start % chunk or any(p.dtype.kind not in "biuf" for p in parts):
+            return False
+        if tail and (sum(len(p) for p in parts) != k or arr.metadata.fill_value != 0):
             return False
         encode = self._encoders.get((site, name))
         if encode is None:
@@ -267,15 +281,20 @@ class Writer:
             self._encoders[(site, name)] = encode
         if encode is False:
             return False
-        data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
-        trailing_zeros = (0,) * (data.ndim - 1)
-        for i in range(len(data) // chunk):
+        parts = [np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<")) for p in parts]
+        if tail:  # zarr stores an edge chunk whole: pad it as zarr would
+            parts.append(np.zeros((chunk - tail, *parts[0].shape[1:]), dtype=parts[0].dtype))
+        trailing_zeros = (0,) * (parts[0].ndim - 1)
+        for i, pieces in enumerate(_split_into_chunks(parts, chunk, -(-k // chunk))):
             key = arr.metadata.encode_chunk_key((start // chunk + i, *trailing_zeros))
             path = self.root / site / name / key
             if path.parent not in self._made_dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made_dirs.add(path.parent)
-            self._files.write(path, encode(data[i * chunk : (i + 1) * chunk]))
+            if encode is RAW:
+                self._files.write_parts(path, pieces)
+            else:
+                self._files.write(path, encode(pieces[0] if len(pieces) == 1 else np.concatenate(pieces)))
         return True
 
     def _maybe_commit(self) -> None:
@@ -324,20 +343,30 @@ class ChunkFileWriter:
         return np.frombuffer(self._buffer, dtype=np.uint8)
 
     def write(self, path: Path, payload: Any) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        """Write ``payload`` (bytes-like) as the whole file ``path``."""
         data = memoryview(payload).cast("B")
-        if not (self.direct and self._write_direct(tmp, data)):
+        self.write_parts(path, [data])
+
+    def write_parts(self, path: Path, parts: list[Any]) -> None:
+        """Write the concatenation of ``parts`` (bytes-like, C-contiguous) as one file."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        views = [memoryview(p).cast("B") for p in parts if memoryview(p).nbytes]
+        if not (self.direct and self._write_direct(tmp, views)):
             with open(tmp, "wb") as fh:
-                fh.write(data)
+                for view in views:
+                    fh.write(view)
         os.replace(tmp, path)
 
-    def _write_direct(self, tmp: Path, data: memoryview) -> bool:
-        n = len(data)
+    def _write_direct(self, tmp: Path, views: list[memoryview]) -> bool:
+        n = sum(len(v) for v in views)
         padded = -(-n // self.ALIGN) * self.ALIGN
         staging = self._staging(padded)
         # numpy copies without the GIL (a memoryview slice assignment holds it, stalling
         # the model's Python thread for the whole copy)
-        np.copyto(staging[:n], np.frombuffer(data, dtype=np.uint8))
+        at = 0
+        for view in views:
+            np.copyto(staging[at : at + len(view)], np.frombuffer(view, dtype=np.uint8))
+            at += len(view)
         staging[n:padded] = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o666)
@@ -362,15 +391,50 @@ class ChunkFileWriter:
         return True
 
 
+#: the encoder of a ``bytes``-only chain: the chunk's own little-endian bytes, no copy
+RAW = object()
+
+
+def _split_into_chunks(parts: list[np.ndarray], chunk: int, n_chunks: int) -> list[list[np.ndarray]]:
+    """The first ``n_chunks * chunk`` samples of ``parts``, as each chunk's list of slices."""
+    chunks: list[list[np.ndarray]] = []
+    part, offset = 0, 0
+    for _ in range(n_chunks):
+        need, pieces = chunk, []
+        while need:
+            take = min(need, len(parts[part]) - offset)
+            pieces.append(parts[part][offset : offset + take])
+            need -= take
+            offset += take
+            if offset == len(parts[part]):
+                part, offset = part + 1, 0
+        chunks.append(pieces)
+    return chunks
+
+
+def _drop_samples(pieces: list[dict[str, np.ndarray]], k: int) -> list[dict[str, np.ndarray]]:
+    """``pieces`` (per-batch dicts of arrays along ``sample``) without their first ``k`` samples."""
+    kept = []
+    for piece in pieces:
+        n = len(next(iter(piece.values())))
+        if k >= n:
+            k -= n
+            continue
+        kept.append({name: a[k:] for name, a in piece.items()} if k else piece)
+        k = 0
+    return kept
+
+
 def _chunk_encoder(arr: Any) -> Any:
-    """``chunk -> bytes`` for the codec chains we can write directly, else False."""
+    """``chunk -> bytes`` for the codec chains we can write directly (``RAW`` for no
+    codec), else False."""
     from zarr.codecs import BytesCodec, ZstdCodec
 
     codecs = tuple(arr.metadata.codecs)
     if not codecs or not isinstance(codecs[0], BytesCodec) or str(getattr(codecs[0].endian, "value", "little")) != "little":
         return False
     if len(codecs) == 1:
-        return lambda chunk: memoryview(chunk).cast("B")
+        return RAW
     if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
         from numcodecs import Zstd
 
