@@ -97,8 +97,12 @@ def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
         for i in range(2):
             model(batch(i))  # warm-up (and the bridge's own lazy hooks)
     # import each method's library before the clock starts: import time is not capture
-    # time (polysdk with xarray/zarr ~0.4 s, nnsight ~1.4 s on this machine)
+    # time (polysdk with xarray/zarr ~0.4 s, nnsight ~1.4 s on this machine; the
+    # store's zarr import alone is 0.13-0.26 s)
     if method.startswith("polysdk"):
+        import numcodecs  # noqa: F401  (the store imports zarr at its first use)
+        import zarr  # noqa: F401
+
         import polysdk  # noqa: F401
     elif method == "zarr_sync":
         import zarr  # noqa: F401

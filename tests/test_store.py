@@ -323,9 +323,10 @@ def test_codec_argument(path, codec, name):
     np.testing.assert_array_equal(ActivationStore(path)["s"].values, x)
 
 
-def test_default_codec_and_bad_codec(path):
+def test_default_codec_and_bad_codec(path, monkeypatch):
     from polysdk.store import DEFAULT_CODEC
 
+    monkeypatch.setattr(ActivationStore, "_disk_speed", lambda self: 100.0)  # a slow disk
     with ActivationStore(path, mode="w") as s:
         s.append({"s": np.ones((64, 64), "f4")})
         assert s.attrs["polysdk"]["codec"] == DEFAULT_CODEC == "auto"
@@ -572,9 +573,12 @@ def test_append_without_copy_hands_the_array_over(path):
     np.testing.assert_array_equal(values[2:], np.zeros((2, 3)))
 
 
-def test_auto_codec_compresses_only_sites_it_shrinks(path):
-    """codec='auto': zstd for sparse (post-ReLU) sites, raw for dense ones, per site."""
+def test_auto_codec_compresses_only_sites_it_shrinks(path, monkeypatch):
+    """codec='auto' on a slow disk: zstd for sparse (post-ReLU) sites, raw for dense
+    ones, per site."""
     from numcodecs import Zstd
+
+    monkeypatch.setattr(ActivationStore, "_disk_speed", lambda self: 1.0)  # 1 MB/s
 
     rng = np.random.default_rng(0)
     dense = rng.standard_normal((64, 256)).astype("f4")          # incompressible floats
@@ -598,3 +602,37 @@ def test_auto_codec_compresses_only_sites_it_shrinks(path):
     with ActivationStore(path, mode="a") as s:  # resuming keeps each site's choice
         s.append({"dense": sparse, "sparse": dense}, coords={"label": np.arange(64)})
     np.testing.assert_array_equal(ActivationStore(path)["sparse"].values[64:], dense)
+
+
+def test_auto_codec_stores_raw_where_the_disk_outruns_zstd(path, monkeypatch):
+    """On a disk faster than zstd's speed x saving, raw is faster: auto stores even a
+    sparse site raw and says why, with the measured numbers."""
+    monkeypatch.setattr(ActivationStore, "_disk_speed", lambda self: 1e9)  # 1 PB/s
+    sparse = np.maximum(np.random.default_rng(0).standard_normal((64, 256)) - 1.0, 0).astype("f4")
+    with ActivationStore(path, mode="w", chunk_samples=32) as s:
+        s.append({"sparse": sparse})
+    meta = json.loads((path / "sparse" / "activation" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]] == ["bytes"]
+    note = ActivationStore(path)["sparse"].attrs["codec"]
+    assert note.startswith("auto: none (zstd would save") and "1000000000 MB/s" in note
+    np.testing.assert_array_equal(ActivationStore(path)["sparse"].values, sparse)
+
+
+def test_disk_speed_is_measured_once_per_filesystem_and_leaves_no_file(tmp_path, monkeypatch):
+    from polysdk.store import _writer
+
+    monkeypatch.setattr(_writer, "_DISK_SPEED", {})
+    writes = []
+    real = _writer.ChunkFileWriter.write
+
+    def counting(self, path, payload):
+        writes.append(len(memoryview(payload).cast("B")))
+        real(self, path, payload)
+
+    monkeypatch.setattr(_writer.ChunkFileWriter, "write", counting)
+    speed = _writer.measure_write_speed(tmp_path, mb=16)
+    assert speed > 0 and writes == [8 << 20, 8 << 20]
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "sub").mkdir()
+    assert _writer.measure_write_speed(tmp_path / "sub") == speed  # same filesystem: cached
+    assert len(writes) == 2

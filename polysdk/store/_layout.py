@@ -12,8 +12,9 @@ import json
 import os
 import re
 import sys
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from polysdk.errors import StoreError
 
 #: Default codec: zstd level 1 (chosen by ``benchmarks/store_codecs.py``, see
 #: docs/benchmarks/store.md) for each site whose first batch it shrinks by at least
-#: ``AUTO_MIN_SAVING``, no compression otherwise (see :func:`choose_compressors`).
+#: ``AUTO_MIN_SAVING`` and where compressing is faster than writing the bytes it saves;
+#: no compression otherwise (see :func:`choose_compressors`).
 DEFAULT_CODEC = "auto"
 AUTO_CODEC = "zstd:1"
 #: the least saving worth compressing for (ZFS's rule for its compressed blocks: 1/8)
@@ -75,14 +77,26 @@ def is_auto(codec: Any) -> bool:
     return isinstance(codec, str) and codec.strip().lower() == "auto"
 
 
-def choose_compressors(codec: Any, first_batch: np.ndarray) -> tuple[tuple[Any, ...] | None, str]:
+def choose_compressors(
+    codec: Any,
+    first_batch: np.ndarray,
+    disk_mb_per_s: Callable[[], float] | None = None,
+) -> tuple[tuple[Any, ...] | None, str]:
     """Compressors for one site's activations, and a note saying what was chosen.
 
     ``codec="auto"`` compresses up to ``AUTO_SAMPLE_BYTES`` of the site's first batch
-    with ``AUTO_CODEC`` and keeps the codec only if it saves at least ``AUTO_MIN_SAVING``
-    of the bytes: dense activations (residual streams, SoLU / GELU outputs: ~10 %
-    saving) are stored raw and cost the writer no compression CPU, sparse ones (after a
-    ReLU: 2-7x) are compressed. Any other spec is used as given.
+    with ``AUTO_CODEC`` and keeps the codec only where
+
+    * it saves at least ``AUTO_MIN_SAVING`` of the bytes: dense activations (residual
+      streams, SoLU / GELU outputs: ~10 % saving) are stored raw; and
+    * compressing is faster than writing what it saves, ``speed x saving > disk``
+      (per raw MB, zstd costs ``1/speed`` and saves ``saving/disk`` of writing), with
+      ``disk_mb_per_s()`` measured once per filesystem: on a fast local disk even
+      post-ReLU activations (saving ~50 % at ~400 MB/s) are faster raw, while a slow or
+      network disk gets them compressed. Without ``disk_mb_per_s`` only the first
+      rule applies.
+
+    Any other spec is used as given.
     """
     if not is_auto(codec):
         return make_compressors(codec), codec_label(codec)
@@ -91,10 +105,27 @@ def choose_compressors(codec: Any, first_batch: np.ndarray) -> tuple[tuple[Any, 
     raw = np.ascontiguousarray(first_batch).view(np.uint8).reshape(-1)[:AUTO_SAMPLE_BYTES]
     if raw.size == 0:
         return make_compressors(AUTO_CODEC), f"auto: {AUTO_CODEC} (empty first batch)"
-    saving = 1.0 - len(Zstd(level=1).encode(raw)) / raw.size
-    if saving >= AUTO_MIN_SAVING:
-        return make_compressors(AUTO_CODEC), f"auto: {AUTO_CODEC} (first batch {saving:.0%} smaller)"
-    return None, f"auto: none (zstd saved only {saving:.0%} of the first batch)"
+    zstd = Zstd(level=1)
+    saving = 1.0 - len(zstd.encode(raw)) / raw.size  # (also warms the codec up)
+    if saving < AUTO_MIN_SAVING:
+        return None, f"auto: none (zstd saved only {saving:.0%} of the first batch)"
+    if disk_mb_per_s is not None:
+        repeats = -(-AUTO_SAMPLE_BYTES // raw.size)  # time at least 1 MiB: small batches too
+        started = time.perf_counter()
+        for _ in range(repeats):
+            zstd.encode(raw)
+        speed = repeats * raw.size / 2**20 / max(time.perf_counter() - started, 1e-9)
+        disk = disk_mb_per_s()
+        if speed * saving <= disk:
+            return None, (
+                f"auto: none (zstd would save {saving:.0%} at {speed:.0f} MB/s, but the disk "
+                f"writes {disk:.0f} MB/s: raw is faster; pass codec='zstd:1' to save space)"
+            )
+        return make_compressors(AUTO_CODEC), (
+            f"auto: {AUTO_CODEC} (first batch {saving:.0%} smaller at {speed:.0f} MB/s; "
+            f"the disk writes {disk:.0f} MB/s)"
+        )
+    return make_compressors(AUTO_CODEC), f"auto: {AUTO_CODEC} (first batch {saving:.0%} smaller)"
 
 
 def codec_label(codec: Any) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from polysdk.errors import StoreError, StoreSchemaError, WriterError, closest_names
 from polysdk.store import _layout as L
 from polysdk.store._schema import Schema
-from polysdk.store._writer import Batch, Writer
+from polysdk.store._writer import Batch, Writer, measure_write_speed
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -50,9 +50,10 @@ class ActivationStore:
         Samples per chunk along ``sample``; None picks ~8 MiB chunks per site.
     codec : str, zarr codec or None
         Compression: ``"auto"`` (default: zstd level 1 for each site whose first
-        batch it makes at least 1/8 smaller, else none), ``"zstd:1"``,
-        ``"blosc-lz4"``, ``"none"``... The choice is in each activation's attrs
-        (``codec``).
+        batch it makes at least 1/8 smaller, where compressing is also faster than
+        writing the bytes it saves on this store's disk, else none), ``"zstd:1"``
+        (smallest files), ``"blosc-lz4"``, ``"none"``... The choice and its reason
+        are in each activation's attrs (``codec``).
     max_queue : int
         Batches that may wait for the background writer before ``append`` blocks.
         Memory held by the store is at most about ``max_queue + 1`` batches plus one
@@ -110,6 +111,10 @@ class ActivationStore:
             self._queued = self._committed  # samples handed to the writer
 
     # ------------------------------------------------------------------ open / create
+    def _disk_speed(self) -> float:
+        """MB/s this store's filesystem writes (``codec="auto"`` weighs it against zstd)."""
+        return measure_write_speed(self.path)
+
     def _create(self, codec: Any, attrs: Mapping[str, Any] | None) -> None:
         p = self.path
         if p.exists():
@@ -257,7 +262,8 @@ class ActivationStore:
             if not schema.sites:
                 create = schema.define(
                     data, site_dims, source, cvals, self.chunk_samples, self._compressors,
-                    {site: L.choose_compressors(self._codec, a) for site, a in data.items()},
+                    {site: L.choose_compressors(self._codec, a, self._disk_speed)
+                     for site, a in data.items()},
                 )
             else:
                 schema.validate(data, site_dims, cvals)
