@@ -107,7 +107,8 @@ class Schema:
         """Fix the schema from the first batch; return the arrays the writer creates.
 
         ``compressors`` apply to coordinates; ``site_compressors`` maps a site to the
-        (compressors, note) of its activation array (default: ``compressors``).
+        (compressors, note) of its activation array (default: ``compressors``); the
+        compressors may be a ``CodecChoice`` the writer resolves from the first batch.
         """
         create: dict[str, dict[str, ArraySpec]] = {}
         for s, a in data.items():

@@ -19,7 +19,7 @@ import numpy as np
 from polysdk.errors import StoreError, StoreSchemaError, WriterError, closest_names
 from polysdk.store import _layout as L
 from polysdk.store._schema import Schema
-from polysdk.store._writer import Batch, Writer, measure_write_speed
+from polysdk.store._writer import Batch, CodecChoice, Writer, measure_write_speed
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -111,6 +111,13 @@ class ActivationStore:
             self._queued = self._committed  # samples handed to the writer
 
     # ------------------------------------------------------------------ open / create
+    def _site_codec(self, first_batch: np.ndarray) -> tuple[Any, str | None]:
+        """(compressors, note) of a new site; ``"auto"`` is decided by the writer thread."""
+        if L.is_auto(self._codec):
+            return CodecChoice(functools.partial(
+                L.choose_compressors, self._codec, disk_mb_per_s=self._disk_speed)), None
+        return L.choose_compressors(self._codec, first_batch)
+
     def _disk_speed(self) -> float:
         """MB/s this store's filesystem writes (``codec="auto"`` weighs it against zstd)."""
         return measure_write_speed(self.path)
@@ -262,8 +269,7 @@ class ActivationStore:
             if not schema.sites:
                 create = schema.define(
                     data, site_dims, source, cvals, self.chunk_samples, self._compressors,
-                    {site: L.choose_compressors(self._codec, a, self._disk_speed)
-                     for site, a in data.items()},
+                    {site: self._site_codec(a) for site, a in data.items()},
                 )
             else:
                 schema.validate(data, site_dims, cvals)

@@ -37,6 +37,17 @@ class ArraySpec:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CodecChoice:
+    """Compressors the writer picks from a site's first batch (``codec="auto"``).
+
+    ``choose(first_batch) -> (compressors, note)``. Deferred to the writer thread so
+    that sampling zstd and measuring the disk never hold up the model's thread.
+    """
+
+    choose: Callable[[np.ndarray], tuple[Any, str]]
+
+
 @dataclass
 class Batch:
     """One ``append`` call: per site, per variable, arrays of ``n`` samples."""
@@ -198,7 +209,7 @@ class Writer:
         self._pending[site] = []
         self._pending_n[site] = 0
 
-    def _create_site(self, site: str, specs: dict[str, ArraySpec]) -> None:
+    def _create_site(self, site: str, specs: dict[str, ArraySpec], first: dict[str, np.ndarray]) -> None:
         import zarr
 
         with warnings.catch_warnings():
@@ -206,14 +217,18 @@ class Writer:
             g = zarr.open_group(store=str(self.root / site), mode="w")
             arrays = {}
             for name, s in specs.items():
+                compressors, attrs = s.compressors, s.attrs
+                if isinstance(compressors, CodecChoice):
+                    compressors, note = compressors.choose(first[name])
+                    attrs = {**attrs, "codec": note}
                 arrays[name] = g.create_array(
                     name,
                     shape=(0, *s.trailing),
                     chunks=(s.chunk_samples, *s.trailing),
                     dtype=str if s.dtype == "string" else s.dtype,
-                    compressors=s.compressors,
+                    compressors=compressors,
                     dimension_names=s.dims,
-                    attributes=s.attrs,
+                    attributes=attrs,
                     config={"write_empty_chunks": True},  # skip the per-chunk fill-value scan
                 )
         self._arrays[site] = arrays
@@ -225,7 +240,7 @@ class Writer:
     def _handle(self, batch: Batch) -> None:
         if batch.create:
             for site, specs in batch.create.items():
-                self._create_site(site, specs)
+                self._create_site(site, specs, batch.data[site])
         for site, data in batch.data.items():
             self._pending[site].append(data)
             self._pending_n[site] += batch.n
