@@ -630,7 +630,7 @@ def test_disk_speed_is_measured_once_per_filesystem_and_leaves_no_file(tmp_path,
         real(self, path, payload)
 
     monkeypatch.setattr(_writer.ChunkFileWriter, "write", counting)
-    speed = _writer.measure_write_speed(tmp_path, mb=16)
+    speed = _writer.measure_write_speed(tmp_path)  # 16 MiB: a warm-up file and a timed one
     assert speed > 0 and writes == [8 << 20, 8 << 20]
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "sub").mkdir()
