@@ -618,6 +618,21 @@ def test_auto_codec_stores_raw_where_the_disk_outruns_zstd(path, monkeypatch):
     np.testing.assert_array_equal(ActivationStore(path)["sparse"].values, sparse)
 
 
+def test_auto_codec_compresses_when_the_disk_cannot_be_measured(path, monkeypatch):
+    """A failed disk measurement (a full disk, say) is not an error: the saving decides."""
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ActivationStore, "_disk_speed", full_disk)
+    sparse = np.maximum(np.random.default_rng(0).standard_normal((64, 256)) - 1.0, 0).astype("f4")
+    with ActivationStore(path, mode="w", chunk_samples=32) as s:
+        s.append({"sparse": sparse})
+    note = ActivationStore(path)["sparse"].attrs["codec"]
+    assert note.startswith("auto: zstd:1") and "could not be measured" in note
+    np.testing.assert_array_equal(ActivationStore(path)["sparse"].values, sparse)
+
+
 def test_disk_speed_is_measured_once_per_filesystem_and_leaves_no_file(tmp_path, monkeypatch):
     from polysdk.store import _writer
 

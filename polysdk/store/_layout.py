@@ -93,8 +93,8 @@ def choose_compressors(
       (per raw MB, zstd costs ``1/speed`` and saves ``saving/disk`` of writing), with
       ``disk_mb_per_s()`` measured once per filesystem: on a fast local disk even
       post-ReLU activations (saving ~50 % at ~400 MB/s) are faster raw, while a slow or
-      network disk gets them compressed. Without ``disk_mb_per_s`` only the first
-      rule applies.
+      network disk gets them compressed. Without ``disk_mb_per_s``, or where it
+      raises ``OSError``, only the first rule applies.
 
     Any other spec is used as given.
     """
@@ -115,7 +115,13 @@ def choose_compressors(
         for _ in range(repeats):
             zstd.encode(raw)
         speed = repeats * raw.size / 2**20 / max(time.perf_counter() - started, 1e-9)
-        disk = disk_mb_per_s()
+        try:
+            disk = disk_mb_per_s()
+        except OSError as err:  # e.g. no room for the 16 MiB probe: keep the saving
+            return make_compressors(AUTO_CODEC), (
+                f"auto: {AUTO_CODEC} (first batch {saving:.0%} smaller; the disk's speed "
+                f"could not be measured: {err})"
+            )
         if speed * saving <= disk:
             return None, (
                 f"auto: none (zstd would save {saving:.0%} at {speed:.0f} MB/s, but the disk "
