@@ -155,3 +155,30 @@ def test_failure_at_any_write_keeps_whole_batches(batches, chunk, fail_at, seed)
         np.testing.assert_array_equal(ds["activation"].values, np.concatenate(parts))
         np.testing.assert_array_equal(ds["batch"].values, np.repeat(np.arange(len(parts)), batches))
         np.testing.assert_array_equal(ds["sample"].values, np.arange(ends[-1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    chunk=st.integers(1, 7),
+    data=st.data(),
+)
+def test_batches_split_into_chunks_and_the_rest_kept(lengths, chunk, data):
+    """The writer's chunk assembly: each chunk's slices join to exactly the next
+    ``chunk`` samples, and what stays pending is everything after them."""
+    from polysdk.store._writer import _drop_samples, _split_into_chunks
+
+    total = sum(lengths)
+    n_chunks = data.draw(st.integers(0, total // chunk))
+    ends = np.cumsum([0, *lengths])
+    parts = [np.arange(a, b).reshape(-1, 1) * 10 for a, b in zip(ends[:-1], ends[1:])]
+    joined = np.concatenate(parts)
+    chunks = _split_into_chunks(parts, chunk, n_chunks)
+    assert len(chunks) == n_chunks
+    for i, pieces in enumerate(chunks):
+        np.testing.assert_array_equal(np.concatenate(pieces), joined[i * chunk : (i + 1) * chunk])
+    kept = _drop_samples([{"a": p, "b": -p} for p in parts], n_chunks * chunk)
+    rest = [piece["a"] for piece in kept]
+    expected = joined[n_chunks * chunk :]
+    np.testing.assert_array_equal(np.concatenate(rest) if rest else np.zeros((0, 1), int), expected)
+    assert all(np.array_equal(piece["b"], -piece["a"]) for piece in kept)
