@@ -4,7 +4,7 @@
 
 Appends deterministic batches to an existing store (mode="a"), resuming after the
 committed batches; with ``results`` it also rewrites the result "progress/x" at start
-and every 25 batches. Values derive from the global sample index so a reader can
+and every 25 batches. Every 10th batch is followed by a flush. Values derive from the global sample index so a reader can
 check them: see ``expected``. Neither torch nor (without ``results``) xarray is
 imported, for a fast start: the ``polysdk`` package ``__init__`` is bypassed.
 """
@@ -66,6 +66,8 @@ def main(path: str, n_batches: int, results: bool = True) -> int:
         store.append({"a": e["a"], "b.c": e["b.c"]}, dims=DIMS,
                      coords={"name": e["name"], "batch": np.full(batch_size(i), i)})
         print(i, flush=True)  # lets the test pick the moment to kill
+        if i % 10 == 9:  # a flush writes each site's partial last chunk (padded); the
+            store.flush()  # next batches rewrite that chunk: kills land there too
         if results and i % 25 == 24:
             progress = xr.Dataset({"v": ("u", np.full(50, i))})
             store.write_result("progress/x", progress, attrs={"i": i})
