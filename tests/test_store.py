@@ -651,3 +651,22 @@ def test_disk_speed_is_measured_once_per_filesystem_and_leaves_no_file(tmp_path,
     (tmp_path / "sub").mkdir()
     assert _writer.measure_write_speed(tmp_path / "sub") == speed  # same filesystem: cached
     assert len(writes) == 2
+
+
+def test_auto_codec_times_zstd_with_few_calls_on_a_tiny_first_batch(monkeypatch):
+    """The speed is timed on ~1 MiB, but a tiny batch is not encoded a million times."""
+    import numcodecs
+
+    from polysdk.store import _layout
+
+    calls = []
+
+    class CountingZstd(numcodecs.Zstd):
+        def encode(self, buf):
+            calls.append(len(memoryview(buf).cast("B")))
+            return super().encode(buf)
+
+    monkeypatch.setattr(numcodecs, "Zstd", CountingZstd)
+    compressors, note = _layout.choose_compressors("auto", np.zeros((1, 64), "f4"), lambda: 1.0)
+    assert note.startswith("auto: zstd:1") and compressors is not None
+    assert calls == [256] * 65  # the saving, then 64 timed calls

@@ -110,7 +110,7 @@ def choose_compressors(
     if saving < AUTO_MIN_SAVING:
         return None, f"auto: none (zstd saved only {saving:.0%} of the first batch)"
     if disk_mb_per_s is not None:
-        repeats = -(-AUTO_SAMPLE_BYTES // raw.size)  # time at least 1 MiB: small batches too
+        repeats = min(64, -(-AUTO_SAMPLE_BYTES // raw.size))  # ~1 MiB, few calls for tiny batches
         started = time.perf_counter()
         for _ in range(repeats):
             zstd.encode(raw)
