@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from polysdk.store._layout import atomic_write_json, read_json
+
 
 @dataclass(frozen=True)
 class ArraySpec:
@@ -164,8 +166,6 @@ class Writer:
         is rewritten directly (atomically) instead of through zarr's ``resize``, which
         costs ~5 ms per array at the end of every capture.
         """
-        from polysdk.store._layout import atomic_write_json, read_json
-
         for site, arrays in self._arrays.items():
             for name, arr in arrays.items():
                 if arr.shape[0] != self._written[site]:
@@ -416,16 +416,18 @@ def measure_write_speed(directory: Path, mb: int = 16) -> float:
     Writes ``mb`` MiB as 8 MiB files the way the writer does (``ChunkFileWriter``:
     ``O_DIRECT`` where allowed), each followed by ``fsync`` so that a page cache in
     front of a slow disk is not mistaken for the disk, then deletes them. The first
-    file warms up (the staging buffer) and is not timed. Costs 20-40 ms on a local SSD.
+    file warms up (the staging buffer) and is not timed. Took 20-75 ms on this
+    project's VM disk (more while the model keeps both cores busy).
     """
     device = os.stat(directory).st_dev
     if device not in _DISK_SPEED:
         files = ChunkFileWriter()
         payload = np.arange(8 << 20, dtype=np.uint8)  # not all zeros: no disk may skip it
         target = Path(directory) / f".polysdk-disk-speed.{os.getpid()}"
+        n_files = max(2, mb // 8)
         seconds = 0.0
         try:
-            for i in range(max(2, mb // 8)):
+            for i in range(n_files):
                 started = time.perf_counter()
                 files.write(target, payload)
                 fd = os.open(target, os.O_RDONLY)
@@ -437,7 +439,7 @@ def measure_write_speed(directory: Path, mb: int = 16) -> float:
                     seconds += time.perf_counter() - started
         finally:
             target.unlink(missing_ok=True)
-        _DISK_SPEED[device] = (max(2, mb // 8) - 1) * 8 / max(seconds, 1e-9)
+        _DISK_SPEED[device] = (n_files - 1) * 8 / max(seconds, 1e-9)
     return _DISK_SPEED[device]
 
 
