@@ -498,6 +498,13 @@ def test_whole_chunks_hold_the_bytes_zarr_itself_writes(tmp_path, codec):
         mine = (ours / "s" / "activation" / "c" / str(i) / "0" / "0").read_bytes()
         theirs = (tmp_path / "ref.zarr" / "a" / "c" / str(i) / "0" / "0").read_bytes()
         assert mine == theirs
+    # the array's own zarr.json (written by the writer, grown ahead, then trimmed) is
+    # the document zarr writes for that array
+    mine = json.loads((ours / "s" / "activation" / "zarr.json").read_text())
+    theirs = json.loads((tmp_path / "ref.zarr" / "a" / "zarr.json").read_text())
+    for key in ("attributes", "dimension_names"):
+        mine.pop(key), theirs.pop(key, None)
+    assert mine == theirs
     np.testing.assert_array_equal(xr.open_zarr(ours, group="s")["activation"].values, x)
 
 
@@ -670,3 +677,53 @@ def test_auto_codec_times_zstd_with_few_calls_on_a_tiny_first_batch(monkeypatch)
     compressors, note = _layout.choose_compressors("auto", np.zeros((1, 64), "f4"), lambda: 1.0)
     assert note.startswith("auto: zstd:1") and compressors is not None
     assert calls == [256] * 65  # the saving, then 64 timed calls
+
+
+def test_disk_is_measured_on_the_writer_thread_before_the_first_batch(path, monkeypatch):
+    """codec='auto' measures the disk as soon as the store opens, on the writer thread
+    (while the model computes its first batch); other codecs never measure it."""
+    import threading
+
+    calls: list[str] = []
+
+    def speed(self):
+        calls.append(threading.current_thread().name)
+        return 1e9
+
+    monkeypatch.setattr(ActivationStore, "_disk_speed", speed)
+    with ActivationStore(path, mode="w") as store:
+        store.flush()  # nothing appended yet
+        assert calls == ["polysdk-store-writer"]
+        store.append({"s": np.zeros((4, 2), "f4")})
+    assert calls == ["polysdk-store-writer"] * 2  # the site's choice asks again (cached)
+    calls.clear()
+    with ActivationStore(path, mode="a") as store:  # its sites' codecs are already chosen
+        store.append({"s": np.zeros((4, 2), "f4")})
+    with ActivationStore(path.parent / "raw.zarr", mode="w", codec="none") as store:
+        store.append({"s": np.zeros((4, 2), "f4")})
+    assert calls == []
+
+
+def test_a_failed_early_disk_measurement_is_not_an_error(path, monkeypatch):
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ActivationStore, "_disk_speed", full_disk)
+    with ActivationStore(path, mode="w", chunk_samples=2) as store:
+        store.flush()
+        store.append({"s": np.ones((4, 2), "f4")})
+    assert ActivationStore(path).n_samples == 4
+
+
+def test_an_interrupted_site_creation_is_replaced(path):
+    """Leftovers of a site group whose creation was cut (no group zarr.json) do not
+    stop the next run from creating it."""
+    ActivationStore(path, mode="w").close()
+    junk = path / "s" / "activation" / "c" / "7"
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"half")
+    x = np.arange(12, dtype="f4").reshape(6, 2)
+    with ActivationStore(path, mode="a", chunk_samples=4) as store:
+        store.append({"s": x})
+    assert not junk.exists()
+    np.testing.assert_array_equal(ActivationStore(path)["s"].values, x)

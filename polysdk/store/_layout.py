@@ -233,11 +233,15 @@ def to_json(doc: Mapping[str, Any]) -> str:
 
 def atomic_write_json(path: Path, doc: Mapping[str, Any]) -> None:
     """Write ``doc`` to ``path`` so that readers see the old or the new file, never half."""
-    text = to_json(doc)
+    atomic_write_bytes(path, to_json(doc).encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` as the file ``path`` through a temporary name and ``os.replace``."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

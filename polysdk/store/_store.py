@@ -108,6 +108,9 @@ class ActivationStore:
             sites = list(self._schema.sites)
             self._writer = Writer(self.path, self._committed, sites, self._commit, max_queue)
             self._disk_sites = sites
+            if not sites and L.is_auto(self._codec):
+                # measured while the model computes the first batch, not after it
+                self._writer.call_soon(self._disk_speed)
             self._queued = self._committed  # samples handed to the writer
 
     # ------------------------------------------------------------------ open / create

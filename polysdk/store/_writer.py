@@ -12,6 +12,7 @@ import errno
 import mmap
 import os
 import queue
+import shutil
 import threading
 import time
 import warnings
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from polysdk.store._layout import atomic_write_json, read_json
+from polysdk.store._layout import ROOT_META, atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,61 @@ class Batch:
 @dataclass
 class _Flush:
     done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Call:
+    """Work for the writer thread ahead of the batches (``Writer.call_soon``)."""
+
+    fn: Callable[[], Any]
+
+
+class ArrayFiles:
+    """One array of a site group as the writer keeps it: zarr's metadata and its folder.
+
+    The writer writes the chunk files and the array's ``zarr.json`` itself (whole
+    chunks of the codec chains ``_chunk_encoder`` knows); anything else goes through a
+    zarr array opened on first need.
+    """
+
+    def __init__(self, metadata: Any, directory: Path) -> None:
+        self.metadata = metadata
+        self.directory = directory
+        self._opened: Any = None
+
+    @property
+    def length(self) -> int:
+        return int(self.metadata.shape[0])
+
+    @property
+    def chunk(self) -> int:
+        return int(self.metadata.chunks[0])
+
+    def write_metadata(self) -> None:
+        """(Re)write this array's ``zarr.json`` atomically, as zarr serialises it."""
+        from zarr.core.buffer import default_buffer_prototype
+
+        doc = self.metadata.to_buffer_dict(default_buffer_prototype())[ROOT_META]
+        atomic_write_bytes(self.directory / ROOT_META, doc.to_bytes())
+
+    def resize(self, length: int) -> None:
+        """Set the length along ``sample``; only the metadata changes (chunks past it stay
+        unwritten, or are ignored)."""
+        self.metadata = self.metadata.update_shape((int(length), *self.metadata.shape[1:]))
+        self.write_metadata()
+        self._opened = None
+
+    def zarr_array(self) -> Any:
+        """The array opened with zarr (for the writes the writer does not do itself)."""
+        if self._opened is None:
+            import zarr
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = zarr.open_array(store=str(self.directory), mode="r+", zarr_format=3)
+            # every chunk written holds data: skip zarr's per-chunk "all fill value?" scan
+            self._opened = arr.with_config({"write_empty_chunks": True})
+        return self._opened
 
 
 _STOP = object()
@@ -112,7 +168,7 @@ class Writer:
         self.commit = commit
         self.error: BaseException | None = None
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(max_queue)))
-        self._arrays: dict[str, dict[str, Any]] = {}
+        self._arrays: dict[str, dict[str, ArrayFiles]] = {}
         self._encoders: dict[tuple[str, str], Any] = {}  # (site, var) -> chunk encoder or False
         self._files = ChunkFileWriter()
         self._made_dirs: set[Path] = set()
@@ -135,6 +191,15 @@ class Writer:
     def put(self, item: Batch) -> None:
         """Queue a batch; blocks only while ``max_queue`` batches are waiting."""
         self._q.put(item)
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` on the writer thread before the batches queued after it.
+
+        For preparation that would otherwise delay the first batch (the store measures
+        its disk while the model computes that batch). An ``OSError`` from ``fn`` is
+        ignored: the preparation is then simply not done.
+        """
+        self._q.put(_Call(fn))
 
     def flush(self) -> None:
         """Write everything queued and commit it; returns when done (or failed)."""
@@ -162,17 +227,11 @@ class Writer:
 
         Arrays grow ahead of the data; the commit record already hides the excess,
         trimming makes each array's metadata exact too (for non-consolidated readers).
-        Only the shape changes and the chunks past it are never written, so the file
-        is rewritten directly (atomically) instead of through zarr's ``resize``, which
-        costs ~5 ms per array at the end of every capture.
         """
         for site, arrays in self._arrays.items():
-            for name, arr in arrays.items():
-                if arr.shape[0] != self._written[site]:
-                    meta_file = self.root / site / name / "zarr.json"
-                    meta = read_json(meta_file)
-                    meta["shape"] = [self._written[site], *meta["shape"][1:]]
-                    atomic_write_json(meta_file, meta)
+            for arr in arrays.values():
+                if arr.length != self._written[site]:
+                    arr.resize(self._written[site])
 
     @property
     def alive(self) -> bool:
@@ -188,6 +247,11 @@ class Writer:
                 if self.error is None:  # after a failure, drain (never block producers)
                     if isinstance(item, _Flush):
                         self._flush_all()
+                    elif isinstance(item, _Call):
+                        try:
+                            item.fn()
+                        except OSError:
+                            pass
                     else:
                         self._handle(item)
             except BaseException as exc:  # re-raised to the caller as WriterError
@@ -202,19 +266,23 @@ class Writer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             g = zarr.open_group(store=str(self.root / site), mode="r+", use_consolidated=False)
-            # every chunk we write holds data: skip zarr's per-chunk "all fill value?" scan
             self._arrays[site] = {
-                name: arr.with_config({"write_empty_chunks": True}) for name, arr in g.arrays()
+                name: ArrayFiles(arr.metadata, self.root / site / name) for name, arr in g.arrays()
             }
         self._pending[site] = []
         self._pending_n[site] = 0
 
     def _create_site(self, site: str, specs: dict[str, ArraySpec], first: dict[str, np.ndarray]) -> None:
+        """Create the site's group and arrays: zarr builds their metadata in memory, the
+        writer writes the files (zarr's own file I/O runs on its event-loop thread, which
+        cost a 2-core machine's model ~40 ms at the start of every capture)."""
         import zarr
+        from zarr.storage import MemoryStore
 
+        documents: dict[str, Any] = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            g = zarr.open_group(store=str(self.root / site), mode="w")
+            g = zarr.open_group(store=MemoryStore(documents), mode="w")
             arrays = {}
             for name, s in specs.items():
                 compressors, attrs = s.compressors, s.attrs
@@ -229,8 +297,14 @@ class Writer:
                     compressors=compressors,
                     dimension_names=s.dims,
                     attributes=attrs,
-                    config={"write_empty_chunks": True},  # skip the per-chunk fill-value scan
                 )
+        site_dir = self.root / site
+        shutil.rmtree(site_dir, ignore_errors=True)  # an interrupted creation's leftovers
+        for name, arr in arrays.items():
+            (site_dir / name).mkdir(parents=True)
+            arrays[name] = ArrayFiles(arr.metadata, site_dir / name)
+            arrays[name].write_metadata()
+        atomic_write_bytes(site_dir / ROOT_META, documents[ROOT_META].to_bytes())  # group last
         self._arrays[site] = arrays
         self._pending[site] = []
         self._pending_n[site] = 0
@@ -247,7 +321,7 @@ class Writer:
         self._total += batch.n
         self._ends.append(self._total)
         for site in batch.data:
-            chunk = next(iter(self._arrays[site].values())).chunks[0]
+            chunk = next(iter(self._arrays[site].values())).chunk
             end = self._written[site] + self._pending_n[site]
             whole = end // chunk * chunk
             if whole > self._written[site]:
@@ -261,19 +335,18 @@ class Writer:
         stop = start + k
         for name, arr in self._arrays[site].items():
             parts = [p[name] for p in pieces]
-            if arr.shape[0] < stop:  # grow geometrically: few metadata writes
-                chunk = arr.chunks[0]
-                grown = -(-max(stop, 2 * arr.shape[0], 64 * chunk) // chunk) * chunk
-                arr.resize((grown, *arr.shape[1:]))
+            if arr.length < stop:  # grow geometrically: few metadata writes
+                chunk = arr.chunk
+                arr.resize(-(-max(stop, 2 * arr.length, 64 * chunk) // chunk) * chunk)
             if not self._write_whole_chunks(site, name, arr, start, parts, k):
                 data = parts[0] if len(parts) == 1 else np.concatenate(parts)
-                arr[start:stop] = data[:k]
+                arr.zarr_array()[start:stop] = data[:k]
         self._pending[site] = _drop_samples(pieces, k)
         self._pending_n[site] -= k
         self._written[site] = stop
 
     def _write_whole_chunks(
-        self, site: str, name: str, arr: Any, start: int, parts: list[np.ndarray], k: int
+        self, site: str, name: str, arr: ArrayFiles, start: int, parts: list[np.ndarray], k: int
     ) -> bool:
         """Write ``k`` samples from ``parts`` as whole chunks straight to their files.
 
@@ -285,7 +358,7 @@ class Writer:
         competed with the model's forward. The batches making up a chunk are copied
         once, straight into the page-aligned buffer the file is written from.
         """
-        chunk = arr.chunks[0]
+        chunk = arr.chunk
         tail = k % chunk  # only at a flush: the last chunk, padded with the fill value
         if start % chunk or any(p.dtype.kind not in "biuf" for p in parts):
             return False
@@ -293,7 +366,7 @@ class Writer:
             return False
         encode = self._encoders.get((site, name))
         if encode is None:
-            encode = _chunk_encoder(arr)
+            encode = _chunk_encoder(arr.metadata)
             self._encoders[(site, name)] = encode
         if encode is False:
             return False
@@ -303,7 +376,7 @@ class Writer:
         trailing_zeros = (0,) * (parts[0].ndim - 1)
         for i, pieces in enumerate(_split_into_chunks(parts, chunk, -(-k // chunk))):
             key = arr.metadata.encode_chunk_key((start // chunk + i, *trailing_zeros))
-            path = self.root / site / name / key
+            path = arr.directory / key
             if path.parent not in self._made_dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made_dirs.add(path.parent)
@@ -477,12 +550,12 @@ def _drop_samples(pieces: list[dict[str, np.ndarray]], k: int) -> list[dict[str,
     return kept
 
 
-def _chunk_encoder(arr: Any) -> Any:
+def _chunk_encoder(metadata: Any) -> Any:
     """``chunk -> bytes`` for the codec chains we can write directly (``RAW`` for no
     codec), else False."""
     from zarr.codecs import BytesCodec, ZstdCodec
 
-    codecs = tuple(arr.metadata.codecs)
+    codecs = tuple(metadata.codecs)
     if not codecs or not isinstance(codecs[0], BytesCodec) or str(getattr(codecs[0].endian, "value", "little")) != "little":
         return False
     if len(codecs) == 1:
