@@ -30,6 +30,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -221,26 +222,37 @@ def spawn(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
 def table(model_kind: str, n_batches: int, workdir: str, repeats: int, methods: list[str] = METHODS) -> None:
     # round-robin repeats, best time of each: robust to other load on a shared machine
     rows: dict[str, dict] = {}
+    paired: dict[str, list[float]] = {m: [] for m in methods}  # x this round's bare
     for round_ in range(repeats):
         order = methods[round_ % len(methods):] + methods[: round_ % len(methods)]
+        this_round = {}
         for m in order:
             r = spawn(m, model_kind, n_batches, workdir)
+            this_round[m] = r.get("seconds")
             if "seconds" not in r or "seconds" not in rows.get(m, {}) or r["seconds"] < rows[m]["seconds"]:
                 if "seconds" in r and "seconds" in rows.get(m, {}):
                     r["peak_rss_mb"] = max(r["peak_rss_mb"], rows[m]["peak_rss_mb"])
                     r["rss_growth_mb"] = max(r["rss_growth_mb"], rows[m]["rss_growth_mb"])
                 rows[m] = r
+        if this_round.get("bare"):
+            for m, seconds in this_round.items():
+                if seconds:
+                    paired[m].append(seconds / this_round["bare"])
     bare = rows["bare"]["seconds"]
     data_mb = max(r.get("bytes", 0) for r in rows.values()) / 2**20
     print(f"\n## {model_kind}: best of {repeats}, {n_batches} batches, {data_mb:.0f} MB of activations at {len(TL_SITES if model_kind == 'tl' else CNN_SITES)} sites")
-    print("| method | time (s) | x bare | MB/s | peak RSS (MB) | RSS growth (MB) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("x bare: best time over best bare time; per round: median over rounds of the time "
+          "over that round's bare time (robust to the host's slow drifts)")
+    print("| method | time (s) | x bare | x bare, per round | MB/s | peak RSS (MB) | RSS growth (MB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method, r in rows.items():
         if "seconds" not in r:
-            print(f"| {method} | {r.get('skipped') or r.get('error')} | | | | |")
+            print(f"| {method} | {r.get('skipped') or r.get('error')} | | | | | |")
             continue
         mbps = r["bytes"] / 2**20 / r["seconds"] if r["bytes"] else 0
-        print(f"| {method} | {r['seconds']:.2f} | {r['seconds'] / bare:.2f} | {mbps:.0f} | {r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
+        per_round = statistics.median(paired[method]) if paired[method] else float("nan")
+        print(f"| {method} | {r['seconds']:.2f} | {r['seconds'] / bare:.2f} | {per_round:.2f} "
+              f"| {mbps:.0f} | {r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
     sys.stdout.flush()
 
 
@@ -295,7 +307,6 @@ def warm_rounds(model_kind: str, n_batches: int, rounds: int, workdir: str) -> N
     the allocator's growth; here a warm-up round comes first and the median of the
     following rounds is reported (steady state, as in a long capture).
     """
-    import statistics
 
     import torch
 
@@ -332,18 +343,22 @@ def warm_rounds(model_kind: str, n_batches: int, rounds: int, workdir: str) -> N
                     times[name].append(t)
     base = statistics.median(times["bare"])
     print(f"\n## {model_kind}: one warm process, {rounds} rounds of {n_batches} batches "
-          "(median seconds)")
-    print("| method | median (s) | x bare | all rounds (s) |\n| --- | ---: | ---: | --- |")
+          "(median seconds; per round: median of each round's time over that round's bare)")
+    print("| method | median (s) | x bare | x bare, per round | all rounds (s) |\n"
+          "| --- | ---: | ---: | ---: | --- |")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"| {name} | {med:.2f} | {med / base:.2f} | {', '.join(f'{t:.2f}' for t in ts)} |")
+        per_round = statistics.median(t / b for t, b in zip(ts, times["bare"]))
+        print(f"| {name} | {med:.2f} | {med / base:.2f} | {per_round:.2f} "
+              f"| {', '.join(f'{t:.2f}' for t in ts)} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tl", "cnn", "both"], default="both")
     parser.add_argument("--batches", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3, help="round-robin repeats; best time is shown")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="round-robin repeats: the best time, and the median ratio per round")
     parser.add_argument("--out-of-core", type=float, default=0.0, metavar="GB")
     parser.add_argument("--threads", type=int, help="torch threads for every method (default: all cores)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (bare is always run)")
