@@ -11,6 +11,7 @@ imported, for a fast start: the ``polysdk`` package ``__init__`` is bypassed.
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -47,7 +48,9 @@ def main(path: str, n_batches: int, results: bool = True) -> int:
     sys.modules["polysdk"] = pkg
     from polysdk.store import ActivationStore
 
-    store = ActivationStore(path, mode="a", chunk_samples=CHUNK, max_queue=4)
+    # the test alternates commits after every batch and coalesced ones (the default)
+    interval = float(os.environ.get("FAULT_COMMIT_INTERVAL", "0.25"))
+    store = ActivationStore(path, mode="a", chunk_samples=CHUNK, max_queue=4, commit_interval=interval)
     ends = batch_ends(n_batches)
     n = store.n_samples
     k = 0 if n == 0 else int(np.searchsorted(ends, n)) + 1

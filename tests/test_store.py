@@ -351,7 +351,7 @@ def test_live_reader_sees_whole_batches(path):
     """A plain-xarray reader opening the store while it is written sees whole batches."""
     sizes = [3, 1, 4, 1, 5, 9, 2, 6] * 3
     ends = np.cumsum(sizes)
-    with ActivationStore(path, mode="w", chunk_samples=4, max_queue=2) as s:
+    with ActivationStore(path, mode="w", chunk_samples=4, max_queue=2, commit_interval=0) as s:
         seen = set()
         for i, n in enumerate(sizes):
             start = ends[i] - n
@@ -727,3 +727,36 @@ def test_an_interrupted_site_creation_is_replaced(path):
         store.append({"s": x})
     assert not junk.exists()
     np.testing.assert_array_equal(ActivationStore(path)["s"].values, x)
+
+
+def test_commits_are_coalesced_and_made_when_the_writer_goes_quiet(path, monkeypatch):
+    """A fast producer does not rewrite the commit record per batch; what is written is
+    committed within ``commit_interval`` of the queue going quiet, and at ``flush``."""
+    import time
+
+    from polysdk.store import _layout
+
+    records: list[int] = []
+    real = _layout.write_commit_record
+
+    def counting(root, attrs, sites, n, *args, **kwargs):
+        records.append(n)
+        real(root, attrs, sites, n, *args, **kwargs)
+
+    monkeypatch.setattr(_layout, "write_commit_record", counting)
+    with ActivationStore(path, mode="w", chunk_samples=2, commit_interval=60) as store:
+        for i in range(50):
+            store.append({"s": np.full((2, 3), i, "f4")})
+        store.flush()
+        assert records[-1] == 100 and len(records) <= 3  # creation, first batch, flush
+        assert ActivationStore(path).n_samples == 100
+    with ActivationStore(path, mode="a", commit_interval=0.05) as store:
+        for i in range(5):
+            store.append({"s": np.full((2, 3), 50 + i, "f4")})
+        deadline = time.monotonic() + 10
+        while ActivationStore(path).n_samples < 110 and time.monotonic() < deadline:
+            time.sleep(0.02)  # no flush: the quiet writer commits by itself
+        assert ActivationStore(path).n_samples == 110
+    np.testing.assert_array_equal(ActivationStore(path)["s"].values[:, 0], np.repeat(np.arange(55), 2))
+    with pytest.raises(StoreError, match="commit_interval must be >= 0"):
+        ActivationStore(path, mode="a", commit_interval=-1)

@@ -8,6 +8,7 @@ every sample exactly once.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -70,7 +71,9 @@ def test_sigkill_then_plain_read_and_resume(tmp_path, trials):
     seen = []
     for trial in range(trials):  # every third run also rewrites a result
         extra = ["results"] if trial % 3 == 1 else []
-        proc = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, text=True)
+        interval = "0" if trial % 2 else "0.25"  # commit every batch, or coalesced
+        env = {**os.environ, "FAULT_COMMIT_INTERVAL": interval}
+        proc = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, text=True, env=env)
         try:
             ready = proc.stdout.readline()
             assert ready.startswith("ready"), ready

@@ -60,6 +60,12 @@ class ActivationStore:
         chunk per site (the unwritten tail, kept to write whole chunks).
     attrs : dict, optional
         Stored in the root attributes (e.g. ``{"model": "alexnet"}``).
+    commit_interval : float
+        Seconds between commit records while batches stream in: written batches are
+        committed together at most this often (and always at ``flush``/``close``), so a
+        fast producer does not rewrite the root metadata for every batch. A process
+        killed mid-run loses at most this much work to redo on resume. ``0`` commits
+        after every batch.
 
     Examples
     --------
@@ -80,9 +86,12 @@ class ActivationStore:
         codec: Any = L.DEFAULT_CODEC,
         max_queue: int = 4,
         attrs: Mapping[str, Any] | None = None,
+        commit_interval: float = 0.25,
     ) -> None:
         if mode not in _MODES:
             raise StoreError(f"unknown mode {mode!r}; use one of {_MODES}")
+        if not float(commit_interval) >= 0:
+            raise StoreError(f"commit_interval must be >= 0 seconds, got {commit_interval!r}")
         if chunk_samples is not None and int(chunk_samples) < 1:
             raise StoreError(f"chunk_samples must be >= 1 or None, got {chunk_samples!r}")
         if "://" in str(path):
@@ -106,7 +115,9 @@ class ActivationStore:
             self._load(attrs)
         if mode != "r":
             sites = list(self._schema.sites)
-            self._writer = Writer(self.path, self._committed, sites, self._commit, max_queue)
+            self._writer = Writer(
+                self.path, self._committed, sites, self._commit, max_queue, float(commit_interval)
+            )
             self._disk_sites = sites
             if not sites and L.is_auto(self._codec):
                 # measured while the model computes the first batch, not after it

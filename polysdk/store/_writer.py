@@ -163,9 +163,12 @@ class Writer:
         sites: list[str],
         commit: Callable[[int, list[str]], None],
         max_queue: int,
+        commit_interval: float = 0.0,
     ) -> None:
         self.root = root
         self.commit = commit
+        self.commit_interval = commit_interval
+        self._last_commit = float("-inf")
         self.error: BaseException | None = None
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(max_queue)))
         self._arrays: dict[str, dict[str, ArrayFiles]] = {}
@@ -178,6 +181,7 @@ class Writer:
         self._ends: deque[int] = deque()
         self._total = start
         self._committed = start
+        self._ready = start  # written whole batches, not yet committed beyond _committed
         self._new_sites = False  # created but not yet in the commit record
         for site in sites:
             self._open_site(site)
@@ -240,7 +244,15 @@ class Writer:
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
         while True:
-            item = self._q.get()
+            try:  # written but uncommitted batches are committed when the queue goes quiet
+                waiting = self._ready > self._committed and self.error is None
+                item = self._q.get(timeout=self.commit_interval if waiting else None)
+            except queue.Empty:
+                try:
+                    self._maybe_commit(force=True)
+                except BaseException as exc:  # re-raised to the caller as WriterError
+                    self.error = exc
+                continue
             if item is _STOP:
                 return
             try:
@@ -386,21 +398,26 @@ class Writer:
                 self._files.write(path, encode(pieces[0] if len(pieces) == 1 else np.concatenate(pieces)))
         return True
 
-    def _maybe_commit(self) -> None:
+    def _maybe_commit(self, force: bool = False) -> None:
+        """Commit the whole batches written so far: at once when ``force`` or new sites
+        (the first batch), else once ``commit_interval`` has passed since the last."""
         done = min(self._written.values()) if self._written else self._total
-        upto = self._committed
         while self._ends and self._ends[0] <= done:
-            upto = self._ends.popleft()
-        if upto > self._committed or self._new_sites:
-            self.commit(upto, list(self._arrays))
-            self._committed = upto
+            self._ready = self._ends.popleft()
+        if not (self._ready > self._committed or self._new_sites):
+            return
+        due = time.monotonic() - self._last_commit >= self.commit_interval
+        if force or due or self._new_sites:
+            self.commit(self._ready, list(self._arrays))
+            self._committed = self._ready
             self._new_sites = False
+            self._last_commit = time.monotonic()
 
     def _flush_all(self) -> None:
         for site, n in self._pending_n.items():
             if n:
                 self._write(site, n)
-        self._maybe_commit()
+        self._maybe_commit(force=True)
 
 
 class ChunkFileWriter:
