@@ -492,11 +492,14 @@ def test_whole_chunks_hold_the_bytes_zarr_itself_writes(tmp_path, codec):
     reference = zarr.open_group(tmp_path / "ref.zarr", mode="w").create_array(
         "a", shape=x.shape, chunks=(16, 3, 5), dtype="f4",
         compressors=zarr.open_array(ours / "s" / "activation", mode="r").compressors,
+        chunk_key_encoding={"name": "default", "separator": "."},
     )
     reference[:] = x
+    assert sorted(p.name for p in (ours / "s" / "activation").iterdir()) == [
+        *(f"c.{i}.0.0" for i in range(5)), "zarr.json"]  # files side by side, no folders
     for i in range(5):
-        mine = (ours / "s" / "activation" / "c" / str(i) / "0" / "0").read_bytes()
-        theirs = (tmp_path / "ref.zarr" / "a" / "c" / str(i) / "0" / "0").read_bytes()
+        mine = (ours / "s" / "activation" / f"c.{i}.0.0").read_bytes()
+        theirs = (tmp_path / "ref.zarr" / "a" / f"c.{i}.0.0").read_bytes()
         assert mine == theirs
     # the array's own zarr.json (written by the writer, grown ahead, then trimmed) is
     # the document zarr writes for that array
@@ -719,7 +722,7 @@ def test_an_interrupted_site_creation_is_replaced(path):
     """Leftovers of a site group whose creation was cut (no group zarr.json) do not
     stop the next run from creating it."""
     ActivationStore(path, mode="w").close()
-    junk = path / "s" / "activation" / "c" / "7"
+    junk = path / "s" / "activation" / "c.7.0"
     junk.parent.mkdir(parents=True)
     junk.write_bytes(b"half")
     x = np.arange(12, dtype="f4").reshape(6, 2)

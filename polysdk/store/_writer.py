@@ -309,6 +309,9 @@ class Writer:
                     compressors=compressors,
                     dimension_names=s.dims,
                     attributes=attrs,
+                    # chunk files side by side ("c.4.0.0.0"), not nested folders
+                    # ("c/4/0/0/0"): three fewer mkdirs per chunk written (~0.2 ms each)
+                    chunk_key_encoding={"name": "default", "separator": "."},
                 )
         site_dir = self.root / site
         shutil.rmtree(site_dir, ignore_errors=True)  # an interrupted creation's leftovers
