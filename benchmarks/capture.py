@@ -18,6 +18,7 @@ Usage::
     python benchmarks/capture.py --out-of-core 6      # polysdk at growing sizes up to 6 GB
     python benchmarks/capture.py --threads 1          # leave a core to the writer
     python benchmarks/capture.py --model cnn --warm 4 # one warm process, alternating
+    python benchmarks/capture.py --model cnn --breakdown 6 --steady-malloc  # (b)'s parts
 
 Prints time as a ratio to (a), MB/s of activations, the peak RSS of the process and
 its growth during the loop.
@@ -353,6 +354,79 @@ def warm_rounds(model_kind: str, n_batches: int, rounds: int, workdir: str) -> N
               f"| {', '.join(f'{t:.2f}' for t in ts)} |")
 
 
+def breakdown(model_kind: str, n_batches: int, rounds: int, workdir: str) -> None:
+    """Where (b)'s time goes: its parts switched on one by one, alternating in one warm
+    process (median of each round's time over that round's bare forward).
+
+    ``hooks``: plain forward hooks that do nothing; ``probe_ignored``: ``Probe`` ->
+    ``append`` with a writer thread that drops every batch; ``probe_no_files``: the
+    writer's whole bookkeeping (chunk assembly, metadata, commits) with every chunk file
+    write skipped; ``polysdk_nocomp``: all of (b), codec none. The parts are switched
+    off by patching the writer's internals: a measurement, not an API.
+    """
+    import statistics
+    from contextlib import ExitStack
+    from unittest import mock
+
+    import torch
+
+    from polysdk import ActivationStore, Probe
+    from polysdk.store import _writer
+
+    torch.set_num_threads(int(os.environ.get("CAPTURE_THREADS") or max(1, os.cpu_count() or 1)))
+    model, sites, batch = build(model_kind)
+    modules = [model.hook_dict[s] if model_kind == "tl" else model.get_submodule(s) for s in sites]
+
+    def bare() -> None:
+        for i in range(n_batches):
+            model(batch(i))
+
+    def hooks() -> None:
+        handles = [m.register_forward_hook(lambda *_: None) for m in modules]
+        try:
+            bare()
+        finally:
+            for h in handles:
+                h.remove()
+
+    def probe(*patches: tuple[object, str, object]):
+        def run() -> None:
+            path = Path(workdir) / "breakdown.zarr"
+            with ExitStack() as stack:
+                for target, name, value in patches:
+                    stack.enter_context(mock.patch.object(target, name, value))
+                with ActivationStore(path, mode="w", codec="none") as store:
+                    Probe(model, sites, store=store).run(
+                        (batch(i) for i in range(n_batches)), progress=False)
+        return run
+
+    variants = {
+        "bare": bare,
+        "hooks": hooks,
+        "probe_ignored": probe((_writer.Writer, "_handle", lambda self, b: None)),
+        "probe_no_files": probe((_writer.ChunkFileWriter, "write_parts", lambda self, p, parts: None)),
+        "polysdk_nocomp": probe(),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.no_grad():
+        for k in range(rounds + 1):  # round 0 warms up and is not counted
+            for name, run in variants.items():
+                shutil.rmtree(Path(workdir) / "breakdown.zarr", ignore_errors=True)
+                os.sync()
+                started = time.perf_counter()
+                run()
+                if k:
+                    times[name].append(time.perf_counter() - started)
+    malloc = "heap trimming off" if os.environ.get("MALLOC_TRIM_THRESHOLD_") else "glibc defaults"
+    print(f"\n## {model_kind}: breakdown of (b), one warm process, {rounds} rounds of "
+          f"{n_batches} batches ({malloc})")
+    print("| variant | median (s) | x bare, per round | all rounds (s) |\n| --- | ---: | ---: | --- |")
+    for name, ts in times.items():
+        per_round = statistics.median(t / b for t, b in zip(ts, times["bare"]))
+        print(f"| {name} | {statistics.median(ts):.2f} | {per_round:.3f} "
+              f"| {', '.join(f'{t:.2f}' for t in ts)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tl", "cnn", "both"], default="both")
@@ -372,6 +446,10 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=0, metavar="ROUNDS",
                         help="instead of the tables: bare and polysdk alternating in one "
                              "warm process for ROUNDS rounds (steady state)")
+    parser.add_argument("--breakdown", type=int, default=0, metavar="ROUNDS",
+                        help="instead of the tables: (b)'s parts switched on one by one, "
+                             "alternating in one warm process (with --steady-malloc: in a "
+                             "child process with heap trimming off)")
     parser.add_argument("--one", choices=METHODS)
     parser.add_argument("--workdir")
     args = parser.parse_args()
@@ -388,6 +466,15 @@ def main() -> None:
         return
     workdir = args.workdir or tempfile.mkdtemp(prefix="polysdk-bench-", dir=os.environ.get("BENCH_DIR"))
     try:
+        if args.breakdown:
+            if args.steady_malloc:  # glibc reads these at start: run in a child
+                cmd = [sys.executable, __file__, "--model", args.model, "--batches",
+                       str(args.batches), "--breakdown", str(args.breakdown), "--workdir", workdir]
+                subprocess.run(cmd, check=True)
+                return
+            for kind in (["tl", "cnn"] if args.model == "both" else [args.model]):
+                breakdown(kind, args.batches, args.breakdown, workdir)
+            return
         if args.warm:
             for kind in (["tl", "cnn"] if args.model == "both" else [args.model]):
                 warm_rounds(kind, args.batches, args.warm, workdir)
