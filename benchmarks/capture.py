@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 METHODS = ["bare", "polysdk", "polysdk_nocomp", "polysdk_zstd", "list", "tl_cache", "nnsight", "zarr_sync"]
@@ -389,7 +390,7 @@ def breakdown(model_kind: str, n_batches: int, rounds: int, workdir: str) -> Non
             for h in handles:
                 h.remove()
 
-    def probe(*patches: tuple[object, str, object]):
+    def probe(*patches: tuple[object, str, object]) -> Callable[[], None]:
         def run() -> None:
             path = Path(workdir) / "breakdown.zarr"
             with ExitStack() as stack:
