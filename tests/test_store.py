@@ -115,8 +115,6 @@ def test_input_copied_at_append(path):
 def test_modes(path):
     with pytest.raises(StoreError, match="acts.zarr"):
         ActivationStore(path, mode="r")
-    with pytest.raises(StoreError, match="acts.zarr"):
-        ActivationStore(path, mode="a")
     ActivationStore(path, mode="w-").close()
     with pytest.raises(StoreError, match="already exists"):
         ActivationStore(path, mode="w-")
@@ -764,3 +762,47 @@ def test_commits_are_coalesced_and_made_when_the_writer_goes_quiet(path, monkeyp
     np.testing.assert_array_equal(ActivationStore(path)["s"].values[:, 0], np.repeat(np.arange(55), 2))
     with pytest.raises(StoreError, match="commit_interval must be >= 0"):
         ActivationStore(path, mode="a", commit_interval=-1)
+
+
+def test_append_mode_creates_a_missing_store_as_open_and_zarr_do(tmp_path):
+    path = tmp_path / "new.zarr"
+    with ActivationStore(path, mode="a") as s:
+        s.append({"s": np.ones((2, 2))})
+    assert ActivationStore(path).n_samples == 2
+    other = tmp_path / "not_a_store"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="no activation store"):
+        ActivationStore(other, mode="a")
+
+
+def test_small_coordinates_come_back_in_memory_so_groupby_works(path):
+    with ActivationStore(path, mode="w", chunk_samples=4) as s:
+        for k in range(3):
+            s.append({"s": np.full((4, 2), k, "f4")}, coords={"label": np.array([0, 1, 0, 1])})
+    acts = ActivationStore(path)["s"]
+    assert isinstance(acts.coords["label"].data, np.ndarray)
+    means = acts.groupby("label").mean().values  # raised with lazy labels
+    np.testing.assert_allclose(means, [[1.0, 1.0], [1.0, 1.0]])
+
+
+def test_token_store_rows_are_tokens_with_sample_and_position_coordinates(path):
+    lengths = [3, 1, 4]
+    with ActivationStore(path, mode="w", chunk_samples=4) as s:
+        start = 0
+        for k, n in enumerate(lengths):
+            s.append(
+                {"h": np.full((n, 2), k, "f4")}, dims={"h": ("token", "unit")},
+                coords={"sample": (("token",), np.full(n, k)), "position": (("token",), np.arange(n))},
+                fingerprint=f"b{k}", n_samples=1,
+            )
+            start += n
+    store = ActivationStore(path)
+    assert store.row_dim == "token" and store.n_rows == 8 and store.n_samples == 3
+    assert [b.fingerprint for b in store.batches] == ["b0", "b1", "b2"]
+    acts = store["h"]
+    assert acts.dims == ("token", "unit")
+    np.testing.assert_array_equal(acts["sample"].values, [0, 0, 0, 1, 2, 2, 2, 2])
+    np.testing.assert_array_equal(acts["position"].values, [0, 1, 2, 0, 0, 1, 2, 3])
+    with ActivationStore(path, mode="a") as s, pytest.raises(StoreSchemaError, match="first dim"):
+        s.append({"h": np.ones((2, 2), "f4")}, dims={"h": ("sample", "unit")})

@@ -167,21 +167,6 @@ def to_numpy(x: Any, copy: bool = True) -> tuple[np.ndarray, str | None]:
     return (np.array(arr, copy=True) if copy else arr), None
 
 
-def default_dims(ndim: int) -> tuple[str, ...]:
-    """Dims used when ``append`` gets none: (sample,), (sample, unit),
-    (sample, position, unit), (sample, unit, y, x), else (sample, dim_1, ...)
-    (the same guesses as ``Probe``)."""
-    table = {
-        1: ("sample",),
-        2: ("sample", "unit"),
-        3: ("sample", "position", "unit"),
-        4: ("sample", "unit", "y", "x"),
-    }
-    if ndim < 1:
-        raise StoreError("an activation needs at least the 'sample' axis; got a 0-d array")
-    return table.get(ndim, ("sample", *(f"dim_{i}" for i in range(1, ndim))))
-
-
 def auto_chunk_samples(sample_shape: tuple[int, ...], itemsize: int) -> int:
     """Samples per chunk so that one chunk holds about ``TARGET_CHUNK_BYTES``."""
     per_sample = max(1, int(np.prod(sample_shape, dtype=np.int64)) * itemsize)

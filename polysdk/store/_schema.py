@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from polysdk import dims as D
 from polysdk.errors import StoreSchemaError
 from polysdk.store import _layout as L
 from polysdk.store._writer import ArraySpec
 
-RESERVED = ("activation", "sample")
+RESERVED = ("activation",)
 _FIX = "append batches shaped like the first one, or write to a new store (mode='w')"
 
 Coords = dict[str, tuple[tuple[str, ...], np.ndarray]]
@@ -28,6 +29,13 @@ class Schema:
     def __init__(self) -> None:
         self.sites: dict[str, dict[str, Any]] = {}  # site -> dims, trailing, dtype, chunk
         self.coords: dict[str, dict[str, Any]] = {}  # name -> dims, trailing, dtype
+
+    @property
+    def row_dim(self) -> str | None:
+        """The first dim every site shares: ``sample``, or ``token`` for a flattened
+        text store (one row per real token); None before the first batch."""
+        first = next(iter(self.sites.values()), None)
+        return None if first is None else first["dims"][0]
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any]) -> Schema:
@@ -46,8 +54,10 @@ class Schema:
             if name == "activation":
                 info["chunk"] = m["chunk_grid"]["configuration"]["chunk_shape"][0]
                 schema.sites[site] = info
-            elif name != "sample":
+            else:
                 schema.coords[name] = info
+        row = schema.row_dim
+        schema.coords.pop(row, None)  # the row index the store writes itself
         return schema
 
     # ------------------------------------------------------------------ normalising
@@ -58,24 +68,26 @@ class Schema:
         elif site in self.sites:
             d = self.sites[site]["dims"]
         else:
-            d = L.default_dims(a.ndim)
-        if len(d) != a.ndim or d[0] != "sample" or len(set(d)) != len(d):
+            d = D.default_dims(a.ndim) if a.ndim else ()
+        if len(d) != a.ndim or not d or d[0] not in D.ROW_DIMS or len(set(d)) != len(d):
             raise StoreSchemaError(
                 f"site {site!r}: dims {d} do not fit an array of shape {a.shape}; give one "
-                "unique name per axis, the first being 'sample', e.g. ('sample', 'unit')"
+                "unique name per axis, the first being 'sample' (or 'token' for one row per "
+                "real token of a text batch), e.g. ('sample', 'unit')"
             )
         return d
 
     @staticmethod
-    def coords_for(coords: Mapping[str, Any], n: int, all_dims: set[str]) -> Coords:
-        """Per-sample coords as ``{name: (dims, array)}``; a 2-D one defaults to
-        ``(sample, position)``; ``(dims, array)`` tuples give the dims explicitly."""
+    def coords_for(coords: Mapping[str, Any], n: int, all_dims: set[str], row: str = "sample") -> Coords:
+        """Per-row coords as ``{name: (dims, array)}`` (``row``: the store's first dim);
+        a 2-D one defaults to ``(row, position)``; ``(dims, array)`` tuples give the
+        dims explicitly."""
         out: Coords = {}
         for name, v in coords.items():
             explicit = isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], (tuple, list))
             cd, raw = (tuple(v[0]), v[1]) if explicit else (None, v)
             arr, _ = L.to_numpy(raw)
-            if not name or "/" in name or name in RESERVED or name in all_dims:
+            if not name or "/" in name or name in RESERVED or name == row or name in all_dims:
                 raise StoreSchemaError(
                     f"coordinate name {name!r} is reserved or a dim name; rename it "
                     f"(e.g. {name}_value)"
@@ -84,11 +96,11 @@ class Schema:
                 extra = ("position",) if arr.ndim == 2 else tuple(
                     f"{name}_dim{i}" for i in range(1, arr.ndim)
                 )
-                cd = ("sample", *extra)
-            if arr.ndim == 0 or arr.shape[0] != n or len(cd) != arr.ndim or cd[0] != "sample":
+                cd = (row, *extra)
+            if arr.ndim == 0 or arr.shape[0] != n or len(cd) != arr.ndim or cd[0] != row:
                 raise StoreSchemaError(
                     f"coordinate {name!r}: shape {arr.shape} with dims {cd} must have {n} "
-                    "samples (the batch size) along its first dim 'sample'"
+                    f"rows (the batch size) along its first dim {row!r}"
                 )
             out[name] = (cd, arr.astype(str) if arr.dtype.kind in "UOT" else arr)
         return out
@@ -124,7 +136,7 @@ class Schema:
                 attrs["codec"] = note
             specs = {
                 "activation": ArraySpec(site_dims[s], trailing, dt, cs, site_comp, attrs),
-                "sample": ArraySpec(("sample",), (), "int64", cs),
+                site_dims[s][0]: ArraySpec((site_dims[s][0],), (), "int64", cs),
             }
             for k, (cd, arr) in cvals.items():
                 specs[k] = ArraySpec(cd, tuple(arr.shape[1:]), dtype_name(arr), cs, compressors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import os
@@ -25,6 +26,35 @@ if TYPE_CHECKING:
     import xarray as xr
 
 _MODES = ("w", "w-", "a", "r")
+_LEDGER = "polysdk_batches"
+_IN_MEMORY_COORD_BYTES = 256 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRecord:
+    """One committed ``append``: its rows, the samples (texts) they hold, and the
+    fingerprint of its inputs (None when the caller gave none)."""
+
+    rows: int
+    samples: int
+    fingerprint: str | None = None
+
+
+def _write_ledger(batches: list[BatchRecord]) -> dict[str, Any]:
+    return {
+        "rows": [b.rows for b in batches],
+        "samples": [b.samples for b in batches],
+        "fingerprints": [b.fingerprint or "" for b in batches],
+    }
+
+
+def _read_ledger(doc: Any) -> list[BatchRecord]:
+    if not isinstance(doc, Mapping):
+        return []
+    return [
+        BatchRecord(int(r), int(n), f or None)
+        for r, n, f in zip(doc.get("rows", []), doc.get("samples", []), doc.get("fingerprints", []))
+    ]
 _VERSIONED = ("polysdk", "torch", "zarr", "xarray", "numpy")
 
 
@@ -44,8 +74,11 @@ class ActivationStore:
     path : str or Path
         Directory of the store (a local path).
     mode : {"r", "a", "w", "w-"}
-        read only; append/resume from the committed count; create (replacing an
-        existing store); create, failing if ``path`` exists.
+        read only; append to the committed batches (creating the store when ``path``
+        does not exist, as ``open`` and zarr do); create (replacing an existing
+        store); create, failing if ``path`` exists. Appending is not resuming:
+        :meth:`Probe.run <polysdk.Probe.run>` resumes only where it can prove the
+        data is the same stream (see :attr:`batches`).
     chunk_samples : int or None
         Samples per chunk along ``sample``; None picks ~8 MiB chunks per site.
     codec : str, zarr codec or None
@@ -109,6 +142,12 @@ class ActivationStore:
         self._closed = False
         self._schema = Schema()  # fixed by the first batch
         self._disk_sites: list[str] = []
+        self._pending_batches: list[BatchRecord] = []  # appended, not yet committed
+        self._batches: list[BatchRecord] = []
+        if mode == "a" and not (self.path / L.ROOT_META).exists() and not (
+            self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
+        ):
+            mode = "w-"  # append to a store that does not exist yet: create it
         if mode in ("w", "w-"):
             self._create(codec, attrs)
         else:
@@ -186,6 +225,7 @@ class ActivationStore:
             self._attrs.update(attrs)
         self._schema = Schema.from_metadata(meta)
         self._committed = int(self._attrs.get("n_samples", 0))
+        self._batches = _read_ledger(self._attrs.get(_LEDGER))
         if self.mode == "a":
             self._repair()
 
@@ -211,9 +251,15 @@ class ActivationStore:
     # ------------------------------------------------------------------ commit
     def _commit(self, n: int, sites: list[str], exclude: tuple[str, ...] = ()) -> None:
         with self._lock:
+            end = sum(b.rows for b in self._batches)
+            while self._pending_batches and end + self._pending_batches[0].rows <= n:
+                record = self._pending_batches.pop(0)
+                self._batches.append(record)
+                end += record.rows
             self._committed = n
             self._disk_sites = list(sites)
             self._attrs["n_samples"] = int(n)
+            self._attrs[_LEDGER] = _write_ledger(self._batches)
             L.write_commit_record(self.path, self._attrs, sites, n, exclude)
 
     # ------------------------------------------------------------------ writing
@@ -244,19 +290,27 @@ class ActivationStore:
         coords: Mapping[str, Any] | None = None,
         *,
         copy: bool = True,
+        fingerprint: str | None = None,
+        n_samples: int | None = None,
     ) -> None:
-        """Queue one batch (all sites, same sample count); committed atomically.
+        """Queue one batch (all sites, same row count); committed atomically.
 
         ``arrays`` maps site -> ndarray/tensor (first axis = sample); ``dims`` site ->
-        dim names (first ``"sample"``; guessed from ndim if omitted); ``coords`` name ->
-        per-sample array, or ``(dims, array)`` for extra dims (a 2-D coord defaults
-        to ``("sample", "position")``). Returns once the batch is queued.
+        dim names (first ``"sample"``, or ``"token"`` in a store of flattened text
+        tokens; guessed from ndim if omitted); ``coords`` name -> per-row array, or
+        ``(dims, array)`` for extra dims (a 2-D coord defaults to ``("sample",
+        "position")``). Returns once the batch is queued.
+
+        ``fingerprint`` (a short string identifying the batch's inputs) and
+        ``n_samples`` (the texts a token batch holds; default: its rows) are kept in
+        the store's batch ledger (:attr:`batches`), committed with the batch.
 
         The writer works on a copy of each array, so the caller may reuse its buffers
         at once. ``copy=False`` hands the activation arrays over instead (no copy): the
         caller must not modify them afterwards. :class:`~polysdk.Probe` does this with
         the fresh tensors its hooks captured.
         """
+        n_samples_given = n_samples
         writer = self._check_writable()
         if not arrays:
             raise StoreError("append() got no arrays; pass {site: array}")
@@ -276,8 +330,17 @@ class ActivationStore:
         n_samples = n.pop()
         schema = self._schema
         site_dims = {s: schema.dims_for(s, dims.get(s), a) for s, a in data.items()}
+        rows = {d[0] for d in site_dims.values()} | ({schema.row_dim} if schema.row_dim else set())
+        if len(rows) != 1:
+            raise StoreSchemaError(
+                f"the sites of one store share their first dim, but this batch gives "
+                f"{ {s: d[0] for s, d in site_dims.items()} } (store: {schema.row_dim!r}); "
+                "write per-token sites (first dim 'token') and per-sample sites to two stores"
+            )
+        row = rows.pop()
         all_dims = {d for ds in site_dims.values() for d in ds}
-        cvals = schema.coords_for(coords or {}, n_samples, all_dims)
+        cvals = schema.coords_for(coords or {}, n_samples, all_dims, row)
+        texts = n_samples if n_samples_given is None else int(n_samples_given)
         with self._lock:
             create = None
             if not schema.sites:
@@ -287,11 +350,12 @@ class ActivationStore:
                 )
             else:
                 schema.validate(data, site_dims, cvals)
-        sample = np.arange(self._queued, self._queued + n_samples, dtype=np.int64)
-        self._queued += n_samples
+            index = np.arange(self._queued, self._queued + n_samples, dtype=np.int64)
+            self._queued += n_samples
+            self._pending_batches.append(BatchRecord(n_samples, texts, fingerprint))
         coord_arrays = {k: v[1] for k, v in cvals.items()}
         per_site = {
-            s: {"activation": a, "sample": sample, **coord_arrays} for s, a in data.items()
+            s: {"activation": a, row: index, **coord_arrays} for s, a in data.items()
         }
         writer.put(Batch(per_site, n_samples, create))
 
@@ -329,14 +393,36 @@ class ActivationStore:
             rec = L.read_commit_record(self.path)
             if rec is not None:
                 self._committed = int(rec[0].get("n_samples", 0))
+                self._batches = _read_ledger(rec[0].get(_LEDGER))
                 if not self._schema.sites:
                     self._schema = Schema.from_metadata(rec[1])
 
     @property
     def n_samples(self) -> int:
-        """Committed samples (what a reader sees)."""
+        """Committed samples (what a reader sees); in a token store, the texts."""
+        self._refresh()
+        if self._schema.row_dim == "token" and self._batches:
+            return sum(b.samples for b in self._batches)
+        return self._committed
+
+    @property
+    def n_rows(self) -> int:
+        """Committed rows along the first dim: samples, or tokens in a token store."""
         self._refresh()
         return self._committed
+
+    @property
+    def row_dim(self) -> str | None:
+        """``"sample"``, ``"token"`` (one row per real token), or None while empty."""
+        self._refresh()
+        return self._schema.row_dim
+
+    @property
+    def batches(self) -> list[BatchRecord]:
+        """The committed batches in order: rows, samples and input fingerprint of each
+        ``append`` (what a resume compares its data with)."""
+        self._refresh()
+        return list(self._batches)
 
     @property
     def sites(self) -> list[str]:
@@ -372,7 +458,10 @@ class ActivationStore:
                     f"no site {site!r} in {str(self.path)!r}; closest: "
                     f"{closest_names(site, names) or names}"
                 )
-            return xr.open_zarr(self.path, group=site, chunks={}, consolidated=True)
+            ds = xr.open_zarr(self.path, group=site, chunks={}, consolidated=True)
+        # small coordinates (labels, ids, tokens) in memory: groupby and .sel just work
+        small = [k for k, v in ds.coords.items() if v.nbytes <= _IN_MEMORY_COORD_BYTES]
+        return ds.assign_coords({k: ds.coords[k].load() for k in small})
 
     def __getitem__(self, site: str) -> xr.DataArray:
         """The ``activation`` DataArray of ``site`` with its coordinates (lazy)."""
