@@ -36,6 +36,13 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import xarray as xr
 
+from polysdk.detect._fitargs import (
+    check_dims,
+    check_fit_keywords,
+    resolve_labels,
+    resolve_site,
+    source_site,
+)
 from polysdk.detect._source import jsonable, resolve_source
 from polysdk.errors import ConfigError, DetectorInputError, NotFittedError, closest_names
 
@@ -152,6 +159,8 @@ class Detector:
       allows any (e.g. ``position``, ``y``, ``x``), ``()`` allows none.
     * ``weight_based``: ``fit`` passes a model through unchanged (default False).
     * ``label_coord``: the per-sample coordinate read as labels by default ("label").
+    * ``fit_keywords``: keywords ``fit`` passes to ``_detect`` besides its named
+      parameters (for a ``_detect`` that reads ``**kwargs``); others raise.
 
     Attributes
     ----------
@@ -180,6 +189,7 @@ class Detector:
     extra_dims: ClassVar[tuple[str, ...] | None] = None
     weight_based: ClassVar[bool] = False
     label_coord: ClassVar[str] = "label"
+    fit_keywords: ClassVar[tuple[str, ...]] = ()
     #: built-ins that fold the finite check into their own streaming pass set this.
     _checks_finite_itself: ClassVar[bool] = False
 
@@ -258,11 +268,19 @@ class Detector:
         labels
             Per-sample labels: an array of length ``n_samples``, the name of a
             per-sample coordinate, or ``None`` to use the ``label`` coordinate if any.
-        client
+        site
+            The site to read from a whole store, or the site an in-memory DataArray
+            holds (it names the saved result, ``"<detector>/<site>"``). A store site
+            (``store["fc1"]``) and a DataArray with ``attrs["site"]`` or a name say it
+            themselves; a ``site=`` that contradicts them raises ``ConfigError``.
             A ``dask.distributed.Client``: the streaming reductions run on it.
         fit_params
-            Extra inputs of a particular detector (see its docstring).
+            Extra inputs of a particular detector (see its docstring): the named
+            keyword parameters of its ``_detect`` (and its ``fit_keywords``). Any other
+            keyword raises :class:`~polysdk.detect._fitargs.FitKeywordError` (a
+            ``ConfigError`` and a ``TypeError``) naming the closest valid one.
         """
+        check_fit_keywords(type(self), fit_params)
         self._client = client
         self._finite_checked = False
         if self.weight_based and not isinstance(source, (xr.DataArray, xr.Dataset)) and \
@@ -277,15 +295,16 @@ class Detector:
             if not self._checks_finite_itself:
                 self.check_finite(acts)
             n_units = acts.sizes["unit"]
+        fitted_site = resolve_site(site, source_site(acts), type(self).__name__)
         try:
             ds = self._detect(acts, lab, **fit_params)
         finally:
             self._client = None
         self.result_ = self._finish(ds, acts if n_units is not None else None)
+        if fitted_site:
+            self.result_.attrs["site"] = fitted_site
         self.polysemantic_ = np.flatnonzero(self.result_["polysemantic"].values)
-        src_site = acts.attrs.get("site") if isinstance(acts, xr.DataArray) else None
-        self.site_ = site or src_site or (acts.name if isinstance(acts, xr.DataArray)
-                                          and acts.name not in (None, "activation") else None)
+        self.site_ = fitted_site
         self.n_units_ = int(self.result_.sizes["unit"])
         return self
 
@@ -305,64 +324,11 @@ class Detector:
 
     # ----------------------------------------------------------------- validation
     def _check_dims(self, acts: xr.DataArray) -> None:
-        dims = tuple(acts.dims)
-        missing = [d for d in ("sample", "unit") if d not in dims]
-        if missing:
-            raise DetectorInputError(
-                f"{type(self).__name__} needs dims 'sample' and 'unit' but the activations "
-                f"have dims {dims} (missing {missing}). Rename them, e.g. "
-                f"acts.rename({{'{dims[-1] if dims else 'neuron'}': 'unit'}}), or record "
-                "with polysdk.Probe, which names them.")
-        extra = [d for d in dims if d not in ("sample", "unit")]
-        if self.extra_dims is not None:
-            bad = [d for d in extra if d not in self.extra_dims]
-            if bad:
-                allowed = list(self.extra_dims) or "none"
-                raise DetectorInputError(
-                    f"{type(self).__name__} cannot use dims {bad} (activations have dims "
-                    f"{dims}; extra dims allowed: {allowed}). Reduce them first, e.g. "
-                    f"acts.mean({bad!r}), or choose a detector parameter that reduces them.")
-        if acts.sizes["sample"] == 0 or acts.sizes["unit"] == 0:
-            raise DetectorInputError(
-                f"the activations are empty (sizes {dict(acts.sizes)}); record some samples "
-                "first.")
+        check_dims(type(self).__name__, acts, self.extra_dims)
 
     def _resolve_labels(self, acts: xr.DataArray, labels: Any) -> xr.DataArray | None:
-        n = acts.sizes["sample"]
-        if labels is None:
-            coord = self.label_coord
-            if coord in acts.coords and acts.coords[coord].dims == ("sample",):
-                lab = acts.coords[coord]
-            else:
-                if self.needs_labels:
-                    per_sample = [str(c) for c, v in acts.coords.items() if v.dims == ("sample",)]
-                    raise DetectorInputError(
-                        f"{type(self).__name__} needs per-sample labels but none were given "
-                        f"and the activations have no '{coord}' coordinate (per-sample "
-                        f"coordinates: {per_sample or 'none'}). Pass fit(acts, labels=...) "
-                        f"with {n} labels, or a coordinate name, or record with "
-                        "coords={'label': labels}.")
-                return None
-        elif isinstance(labels, str):
-            if labels not in acts.coords:
-                raise DetectorInputError(
-                    f"labels={labels!r} is not a coordinate of the activations (coordinates: "
-                    f"{[str(c) for c in acts.coords]}); pass an existing coordinate name or "
-                    "an array of labels.")
-            lab = acts.coords[labels]
-        else:
-            arr = labels.values if isinstance(labels, xr.DataArray) else np.asarray(labels)
-            if arr.ndim != 1 or arr.shape[0] != n:
-                raise DetectorInputError(
-                    f"labels have shape {arr.shape} but the activations have {n} samples; "
-                    f"pass one label per sample (shape ({n},)).")
-            lab = xr.DataArray(arr, dims=("sample",))
-        lab = lab.compute() if hasattr(lab.data, "dask") else lab
-        if lab.dtype.kind == "f" and bool(np.isnan(lab.values).any()):
-            raise DetectorInputError(
-                f"{int(np.isnan(lab.values).sum())} labels are NaN; give every sample a label "
-                "or drop the unlabelled samples (acts.isel(sample=mask)).")
-        return lab
+        return resolve_labels(type(self).__name__, acts, labels, self.label_coord,
+                              self.needs_labels)
 
     def check_finite(self, acts: xr.DataArray, extra: Sequence[Any] = ()) -> list[Any]:
         """Raise :class:`DetectorInputError` if ``acts`` holds NaN or inf.
@@ -438,16 +404,25 @@ class Detector:
 
     # ----------------------------------------------------------------- persistence
     def default_result_name(self) -> str:
-        """``"<detector>/<site>"`` (the site part only when known)."""
+        """``"<detector>/<site>"``; raises :class:`ConfigError` when the site is unknown."""
+        self.result_  # raises NotFittedError before fit
         base = self.registry_name or type(self).__name__
         site = getattr(self, "site_", None)
-        return f"{base}/{site}" if site else base
+        if not site:
+            raise ConfigError(
+                f"{type(self).__name__} does not know which site it was fitted on (its "
+                "source records none: an in-memory DataArray named 'activation' with no "
+                "attrs['site'], or a model), so a default name would let the next layer "
+                f"overwrite this result. Fit with site=, e.g. fit(acts, site='fc1') -> "
+                f"'{base}/fc1', or save(store, name='{base}/<site>').")
+        return f"{base}/{site}"
 
     def save(self, store: Any, name: str | None = None) -> str:
         """Write ``result_`` into ``store`` beside the activations; returns the name used.
 
-        The result's attributes record the detector's registry name, its parameters
-        (JSON) and the polysdk version, so :meth:`load` can rebuild the detector.
+        The default name is ``"<detector>/<site>"`` (:meth:`default_result_name`). The
+        result's attributes record the detector's registry name, its parameters (JSON),
+        the site and the polysdk version, so :meth:`load` can rebuild the detector.
         """
         result = self.result_  # raises NotFittedError before fit
         name = name or self.default_result_name()
@@ -481,6 +456,6 @@ class Detector:
         det.result_ = ds
         det.polysemantic_ = np.flatnonzero(np.asarray(ds["polysemantic"].values, dtype=bool))
         det.n_units_ = int(ds.sizes["unit"])
-        det.site_ = name.split("/", 1)[1] if "/" in name else None
+        det.site_ = attrs.get("site") or (name.split("/", 1)[1] if "/" in name else None)
         return det
 
