@@ -80,11 +80,15 @@ def test_detector_on_toy_models_matches_metric() -> None:
     det = Detector.from_name("feature_capacity").fit(models, instance=1)
     s = monosemanticity(models.single_feature_activations()[1])
     assert det.n_monosemantic_ == int(s["n_mono"])
-    np.testing.assert_allclose(det.result_["score"].values, s["score"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(det.result_["capacity"].values, s["capacity"].numpy(),
+                               rtol=1e-6)
+    live = ~s["dead"].numpy()
+    np.testing.assert_allclose(det.result_["score"].values[live],
+                               1 - s["capacity"].numpy()[live], rtol=1e-6, atol=1e-7)
     # the same through the Sequential view of instance 1
     det2 = FeatureCapacity().fit(models.to_sequential(1), embedding=models.embed[1])
-    np.testing.assert_allclose(det2.result_["score"].values, det.result_["score"].values,
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(det2.result_["capacity"].values,
+                               det.result_["capacity"].values, rtol=1e-5, atol=1e-7)
 
 
 def test_detector_errors() -> None:
@@ -109,3 +113,21 @@ def test_detector_on_stored_dataarray() -> None:
     assert det.n_monosemantic_ == 4 and det.features_covered_ == 2
     with pytest.raises(DetectorInputError, match="isel"):
         FeatureCapacity().fit(xr.DataArray(A[None], dims=("instance", "unit", "feature")))
+
+
+def test_score_direction_higher_is_more_polysemantic() -> None:
+    # neurons answering 1, 2 and 3 features equally, then a dead one; by hand:
+    # capacity = 1/1, 1/2, 1/3 (eps aside); score = 1 - capacity = 0, 1/2, 2/3; dead: 0
+    acts = np.array([[4.0, 0.0, 0.0], [2.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    r = FeatureCapacity().fit(acts).result_
+    assert r["score"].values[2] > r["score"].values[1] > r["score"].values[0]
+    np.testing.assert_allclose(r["score"].values, [0.0, 1 / 2, 2 / 3, 0.0], atol=1e-6)
+    np.testing.assert_allclose(r["capacity"].values, acts.max(1) / (1e-10 + acts.sum(1)),
+                               rtol=1e-6)
+    assert r["polysemantic"].values.tolist() == [False, True, True, False]
+    # the contract of every detector: the polysemantic units rank first by score
+    order = np.argsort(-r["score"].values, kind="stable")
+    assert set(order[:2]) == {1, 2}
+    # the metric function keeps the paper's quantity (and its stored alias)
+    m = monosemanticity(torch.tensor(acts))
+    assert torch.equal(m["capacity"], m["score"])

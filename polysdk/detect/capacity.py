@@ -2,13 +2,18 @@
 
     from polysdk.detect.capacity import FeatureCapacity, monosemanticity
     det = FeatureCapacity(threshold=0.999).fit(model, embedding=E)   # nn.Sequential + E
-    det.result_["score"]; det.mono_per_feature_; det.features_covered_
+    det.result_["capacity"]; det.result_["score"]; det.mono_per_feature_
     stats = monosemanticity(A)          # A: [instances, neurons, features], batched
 
 For every feature i the single-feature activation matrix ``A[n, i]`` holds neuron n's
-post-nonlinearity activation for the input ``E one-hot(i)``. A neuron's score is
-``max_i A[n, i] / (1e-10 + sum_i A[n, i])``; it is monosemantic when the score is
-strictly above ``threshold`` (0.999, the paper's). Per model: mono neurons / N
+post-nonlinearity activation for the input ``E one-hot(i)``. The paper's quantity,
+``capacity = max_i A[n, i] / (1e-10 + sum_i A[n, i])`` (higher = *more monosemantic*),
+is kept under that name; a neuron is monosemantic when it is strictly above
+``threshold`` (0.999, the paper's). The detector's ``score`` follows the contract of
+every detector, higher = more polysemantic: ``score = 1 - capacity``, the share of the
+neuron's response that goes to features other than its top one (0 for a one-feature
+neuron, ``1 - 1/N`` for one answering all N equally); dead neurons score 0, as they
+answer no feature. Per model: mono neurons / N
 (features; can exceed 1) and / k (neurons), as in the paper, and *features covered*,
 the number of distinct features that have at least one monosemantic neuron, a metric
 of ours (the original has no such count).
@@ -37,14 +42,17 @@ def monosemanticity(acts: Tensor | np.ndarray, threshold: float = PAPER_THRESHOL
     """Monosemanticity of one or many models from their activation matrices.
 
     ``acts``: ``[..., neuron, feature]`` (leading dims = instances, checkpoints, ...).
-    Returns tensors over the leading dims (``score``, ``monosemantic``, ``argmax`` keep
-    the neuron dim): ``n_mono``, ``mono_per_feature`` (n_mono / N), ``mono_per_neuron``
-    (n_mono / k), ``features_covered`` (distinct features with a monosemantic neuron,
-    our metric) and ``dead`` (neurons whose activations sum to exactly 0).
+    Returns tensors over the leading dims (``capacity``, ``monosemantic``, ``argmax``,
+    ``dead`` keep the neuron dim): ``n_mono``, ``mono_per_feature`` (n_mono / N),
+    ``mono_per_neuron`` (n_mono / k), ``features_covered`` (distinct features with a
+    monosemantic neuron, our metric) and ``dead`` (activations summing to exactly 0).
+    ``capacity`` is the paper's max / sum (higher = more monosemantic); ``score`` is
+    the same tensor under the name the toy study's stored results use. A detector's
+    ``score`` runs the other way: see :class:`FeatureCapacity`.
 
     >>> a = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
     >>> s = monosemanticity(a)
-    >>> s["score"].tolist(), int(s["n_mono"]), int(s["features_covered"])
+    >>> s["capacity"].tolist(), int(s["n_mono"]), int(s["features_covered"])
     ([1.0, 0.5, 1.0], 2, 2)
     """
     a = torch.as_tensor(acts)
@@ -55,14 +63,15 @@ def monosemanticity(acts: Tensor | np.ndarray, threshold: float = PAPER_THRESHOL
     n_neurons, n_features = a.shape[-2], a.shape[-1]
     top, argmax = a.max(dim=-1)
     total = a.sum(dim=-1)
-    score = top / (eps + total)
-    mono = score > threshold
+    capacity = top / (eps + total)
+    mono = capacity > threshold
     n_mono = mono.sum(-1)
     # distinct features among monosemantic neurons: scatter-max of the mono flags
     covered = torch.zeros(*a.shape[:-2], n_features, dtype=torch.int8, device=a.device)
     covered.scatter_reduce_(-1, argmax, mono.to(torch.int8), reduce="amax")
     return {
-        "score": score,
+        "capacity": capacity,
+        "score": capacity,  # the toy study's stored name for the same max / sum
         "monosemantic": mono,
         "argmax": argmax,
         "dead": total == 0,
@@ -96,23 +105,25 @@ def single_feature_activations(model: nn.Module, embedding: Tensor | np.ndarray)
 
 @register("feature_capacity")
 class FeatureCapacity(Detector):
-    """Which neurons of a toy model respond to one feature only (max/sum > threshold).
+    """Which neurons of a toy model respond to one feature only (capacity > threshold).
 
     Weight-based: ``fit`` takes a model and its feature embedding (no recorded data).
 
     Parameters
     ----------
     threshold : float
-        Score above which a neuron is monosemantic (the paper: 0.999).
+        Capacity (max / sum) above which a neuron is monosemantic (the paper: 0.999).
     eps : float
         Added to the sum in the denominator (the paper: 1e-10).
 
     Attributes
     ----------
     result_ : xr.Dataset over ``unit`` (neurons)
-        ``score`` (max / sum), ``polysemantic`` (responds to features but is not
-        monosemantic; dead neurons are neither), ``monosemantic``, ``dead``,
-        ``top_feature``, ``activation`` (the matrix, dims unit x feature).
+        ``capacity`` (the paper's max / sum; higher = more monosemantic), ``score``
+        (``1 - capacity``, higher = more polysemantic, 0 for dead neurons),
+        ``polysemantic`` (responds to features but is not monosemantic; dead neurons
+        are neither), ``monosemantic``, ``dead``, ``top_feature``, ``activation``
+        (the matrix, dims unit x feature).
     mono_per_feature_, mono_per_neuron_ : float
         Monosemantic neurons / N and / k.
     features_covered_ : int
@@ -186,8 +197,10 @@ class FeatureCapacity(Detector):
         self.features_covered_ = int(s["features_covered"])
         self.n_monosemantic_ = int(s["n_mono"])
         mono, dead = s["monosemantic"].numpy(), s["dead"].numpy()
+        capacity = s["capacity"].numpy().astype(float)
         ds = xr.Dataset(
-            {"score": ("unit", s["score"].numpy().astype(float)),
+            {"score": ("unit", np.where(dead, 0.0, 1.0 - capacity)),
+             "capacity": ("unit", capacity),
              "polysemantic": ("unit", ~mono & ~dead),
              "monosemantic": ("unit", mono),
              "dead": ("unit", dead),
