@@ -282,8 +282,13 @@ def select(
     sel = Selection.parse(selection, name=name)
     names = tuple(names)
     extra = extra_dims(names)
-    if sel.kind == "none" or not extra:
-        return x, names, {}
+    if sel.kind == "none" or (not extra and sel.kind in ("mean", "max", "sum")):
+        return x, names, {}  # nothing to reduce: a 2-D site among conv maps stays as it is
+    if not extra:
+        raise SiteError(
+            f"{name}={sel.index if sel.kind == 'index' else sel.kind!r} does not apply to site "
+            f"{site!r} with dims {names}: there is no position or spatial dim to index; use "
+            "'mean'/'max'/'none' there, or probe this site separately")
     sizes = dict(zip(names, x.shape))
     seq = POSITION in extra
     m = None

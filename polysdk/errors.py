@@ -40,6 +40,10 @@ class StoreSchemaError(StoreError, ValueError):
     """An append does not match what the store already holds (units, dtype, dims)."""
 
 
+class ResumeMismatchError(StoreError, ValueError):
+    """A run asked to resume a store whose committed batches are not this data's."""
+
+
 class WriterError(StoreError):
     """The background writer failed; the original exception is chained."""
 

@@ -34,16 +34,19 @@ block and when the block raises; hooks registered by anyone else are never touch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, Self
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from polysdk.dims import default_dims
 from polysdk.errors import SiteError, SiteNotFoundError, closest_names
 
 __all__ = [
@@ -196,22 +199,6 @@ def resolve_sites(model: Any, sites: SiteSpec | Iterable[SiteSpec]) -> dict[str,
 
 
 # --------------------------------------------------------------------------- values
-
-
-def default_dims(ndim: int) -> tuple[str, ...]:
-    """Dim names of an ``ndim``-D site tensor when none are given.
-
-    2-D ``(sample, unit)``; 3-D ``(sample, position, unit)`` (transformers,
-    ``batch_first`` RNNs); 4-D ``(sample, unit, y, x)`` (convolutions); otherwise
-    ``(sample, dim_1, ...)``. (``polysdk.store`` keeps a torch-free copy of this rule.)
-    """
-    if ndim == 2:
-        return ("sample", "unit")
-    if ndim == 3:
-        return ("sample", "position", "unit")
-    if ndim == 4:
-        return ("sample", "unit", "y", "x")
-    return ("sample",) + tuple(f"dim_{i}" for i in range(1, ndim))
 
 
 def _first_tensor_key(value: Any) -> int | str | None:
@@ -394,12 +381,20 @@ class HookedComponent:
     Subclasses implement :meth:`hook`; the base owns resolution, attaching and
     removal. Use it as a context manager or call ``attach()`` / ``detach()``.
 
+    Template methods: :meth:`_on_attach` runs right after the site hooks go on (add
+    more hooks there through :meth:`_own`, :meth:`_hook_forward` or the helpers at the
+    bottom of this module) and :meth:`_on_detach` right before they come off; every
+    handle the component owns is removed on detach, whatever the subclass did.
+    :meth:`inactive` turns the effect off for a while with the hooks left in place.
+
     >>> class PrintShapes(HookedComponent):
     ...     def hook(self, site, tensor):
     ...         print(site, tuple(tensor.shape))
     >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
-    >>> with PrintShapes(net, "1"):
+    >>> with PrintShapes(net, "1") as printer:
     ...     _ = net(torch.zeros(1, 2))
+    ...     with printer.inactive():
+    ...         _ = net(torch.zeros(1, 2))     # prints nothing
     1 (1, 3)
     """
 
@@ -415,7 +410,9 @@ class HookedComponent:
         self.sites = sites
         self.capture = capture
         self.key = key
-        self._hooks = Hooks(model, sites, self.hook, capture=capture, key=key)
+        self._hooks = Hooks(model, sites, self._dispatch, capture=capture, key=key)
+        self._owned: list[RemovableHandle] = []
+        self._active = True
 
     @property
     def site_names(self) -> list[str]:
@@ -430,18 +427,90 @@ class HookedComponent:
     def attached(self) -> bool:
         return self._hooks.attached
 
+    @property
+    def active(self) -> bool:
+        """False inside :meth:`inactive`: hooks stay attached but change nothing."""
+        return self._active
+
     def hook(self, site: str, tensor: torch.Tensor) -> torch.Tensor | None:
         """Called with each site's value; return a tensor to replace it."""
         raise NotImplementedError(f"{type(self).__name__} must implement hook(site, tensor)")
 
-    def attach(self) -> HookedComponent:
+    def _dispatch(self, site: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        return self.hook(site, tensor) if self._active else None
+
+    # ------------------------------------------------------------------ template methods
+    def _on_attach(self) -> None:
+        """Subclass step after the site hooks are on (default: nothing)."""
+
+    def _on_detach(self) -> None:
+        """Subclass step before the owned hooks come off (default: nothing)."""
+
+    def _own(self, handle: RemovableHandle) -> RemovableHandle:
+        """Keep ``handle`` (any hook handle) with the component: removed on detach."""
+        self._owned.append(handle)
+        return handle
+
+    def _hook_forward(
+        self,
+        before: Callable[[tuple, dict], None],
+        after: Callable[[bool], None],
+    ) -> None:
+        """Hooks around each whole forward of the model (its outermost module).
+
+        ``before(args, kwargs)`` runs as a forward starts; ``after(ok)`` when it ends,
+        with ``ok=False`` when the forward raised. Only outermost calls count: a model
+        that calls itself inside its forward is one forward.
+        """
+        root = unwrap_model(self.model)
+        depth = [0]
+
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            depth[0] += 1
+            if depth[0] == 1:
+                before(args, kwargs)
+
+        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            depth[0] -= 1
+            if depth[0] == 0:
+                after(sys.exc_info()[0] is None)
+
+        self._own(root.register_forward_pre_hook(pre, with_kwargs=True))
+        self._own(root.register_forward_hook(post, with_kwargs=True, always_call=True))
+
+    # ------------------------------------------------------------------ lifecycle
+    def attach(self) -> Self:
+        """Register the hooks (no-op when already attached); rolls back on failure."""
+        if self._hooks.attached:
+            return self
         self._hooks.attach()
+        try:
+            self._on_attach()
+        except BaseException:
+            self.detach()
+            raise
         return self
 
     def detach(self) -> None:
-        self._hooks.detach()
+        """Remove every hook this component added (safe to call twice)."""
+        try:
+            if self._hooks.attached or self._owned:
+                self._on_detach()
+        finally:
+            while self._owned:
+                self._owned.pop().remove()
+            self._hooks.detach()
 
-    def __enter__(self) -> HookedComponent:
+    @contextlib.contextmanager
+    def inactive(self) -> Iterator[Self]:
+        """Within the block the hooks stay attached but have no effect (zennit's switch)."""
+        previous, self._active = self._active, False
+        try:
+            yield self
+        finally:
+            self._active = previous
+
+    def __enter__(self) -> Self:
         return self.attach()
 
     def __exit__(self, *exc_info: object) -> None:

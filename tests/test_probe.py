@@ -82,7 +82,7 @@ def test_transformer_lens_hook_post_and_tokens(tl_model, tl_tokens):
     got = acts["blocks.1.mlp.hook_post"]
     assert got.dims == ("sample", "position", "unit") and got.sizes["unit"] == 64
     np.testing.assert_allclose(got.values, cache["post"].numpy(), rtol=1e-5, atol=1e-6)
-    assert got.token.values.tolist() == tl_tokens.tolist()
+    assert got.token_id.values.tolist() == tl_tokens.tolist()
     assert hook_count(tl_model) == base
 
 
@@ -143,7 +143,7 @@ def test_bad_inputs_raise_clear_errors():
         Probe(net, "0", dtype="int8")
     with pytest.raises(ConfigError, match="reduce"):
         Probe(net, "0", reduce="median")
-    with pytest.raises(SiteError, match="does not fit dims"):
+    with pytest.raises(SiteError, match="do not fit a tensor"):
         Probe(net, "0", dims={"0": ("sample", "unit", "x")}).run([torch.ones(1, 3)], progress=False)
     with pytest.raises(SiteError, match="does not apply"):
         Probe(net, "0", reduce="center").run([torch.ones(1, 3)], progress=False)
@@ -218,7 +218,7 @@ def test_sequence_tokens_recorded_in_store(tmp_path, tl_model, tl_tokens):
         Probe(tl_model, "blocks.0.mlp.hook_post", store=store).run([tl_tokens], progress=False)
     site = xr.open_zarr(path, group="blocks.0.mlp.hook_post")
     assert site["activation"].dims == ("sample", "position", "unit")
-    assert site["token"].values.tolist() == tl_tokens.tolist()
+    assert site["token_id"].values.tolist() == tl_tokens.tolist()
 
 
 @pytest.mark.gpu

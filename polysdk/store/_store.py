@@ -161,7 +161,11 @@ class ActivationStore:
             if not sites and L.is_auto(self._codec):
                 # measured while the model computes the first batch, not after it
                 self._writer.call_soon(self._disk_speed)
-            self._queued = self._committed  # samples handed to the writer
+            self._queued = self._committed  # rows handed to the writer
+        ledger_rows = sum(b.rows for b in self._batches)
+        self._queued_samples = (  # samples handed to the writer
+            sum(b.samples for b in self._batches) + self._committed - ledger_rows
+        )
 
     # ------------------------------------------------------------------ open / create
     def _site_codec(self, first_batch: np.ndarray) -> tuple[Any, str | None]:
@@ -320,14 +324,6 @@ class ActivationStore:
         for site, x in arrays.items():
             L.check_name(site, "site")
             data[site], source[site] = L.to_numpy(x, copy=copy)
-        n = {a.shape[0] if a.ndim else -1 for a in data.values()}
-        if len(n) != 1 or -1 in n:
-            shapes = {s: a.shape for s, a in data.items()}
-            raise StoreSchemaError(
-                f"every site of one batch needs the same number of samples (first axis); "
-                f"got shapes {shapes}"
-            )
-        n_samples = n.pop()
         schema = self._schema
         site_dims = {s: schema.dims_for(s, dims.get(s), a) for s, a in data.items()}
         rows = {d[0] for d in site_dims.values()} | ({schema.row_dim} if schema.row_dim else set())
@@ -338,6 +334,14 @@ class ActivationStore:
                 "write per-token sites (first dim 'token') and per-sample sites to two stores"
             )
         row = rows.pop()
+        n = {a.shape[0] for a in data.values()}
+        if len(n) != 1:
+            shapes = {s: a.shape for s, a in data.items()}
+            raise StoreSchemaError(
+                f"every site of one batch needs the same number of rows (first axis); "
+                f"got shapes {shapes}"
+            )
+        n_samples = n.pop()
         all_dims = {d for ds in site_dims.values() for d in ds}
         cvals = schema.coords_for(coords or {}, n_samples, all_dims, row)
         texts = n_samples if n_samples_given is None else int(n_samples_given)
@@ -352,6 +356,7 @@ class ActivationStore:
                 schema.validate(data, site_dims, cvals)
             index = np.arange(self._queued, self._queued + n_samples, dtype=np.int64)
             self._queued += n_samples
+            self._queued_samples += texts
             self._pending_batches.append(BatchRecord(n_samples, texts, fingerprint))
         coord_arrays = {k: v[1] for k, v in cvals.items()}
         per_site = {
@@ -401,9 +406,15 @@ class ActivationStore:
     def n_samples(self) -> int:
         """Committed samples (what a reader sees); in a token store, the texts."""
         self._refresh()
-        if self._schema.row_dim == "token" and self._batches:
+        if self._schema.row_dim == "token":
             return sum(b.samples for b in self._batches)
         return self._committed
+
+    @property
+    def next_sample(self) -> int:
+        """Index the next appended sample gets: committed plus queued samples."""
+        with self._lock:
+            return self._queued_samples
 
     @property
     def n_rows(self) -> int:
