@@ -87,7 +87,7 @@ def _measurer(name: str, args: argparse.Namespace, model: torch.nn.Module, x: to
         def step() -> None:
             if to_target:
                 with SiteReader(model, target) as reader:
-                    act = select_unit(reader.run(lambda: model(xb)), unit, "center")
+                    act = select_unit(reader.run(lambda: model(xb)), ("sample", "unit", "y", "x"), unit, "centre")
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(act, yb.float())
             else:
                 loss = torch.nn.functional.cross_entropy(model(xb), yb)
@@ -101,7 +101,7 @@ def _measurer(name: str, args: argparse.Namespace, model: torch.nn.Module, x: to
                   granularity="kernel" if name.endswith("kernel") else "weight")
 
         def block() -> float:
-            cs = ContinuousSparsification(model, target, unit, position="center", epochs=2, **kw).fit(x, y)
+            cs = ContinuousSparsification(model, target, unit, position="centre", epochs=2, **kw).fit(x, y)
             return cs.history_[1]["seconds"] / cs.history_[1]["steps"]  # epoch 0 is the warm-up
         return block
     if name == "SNIP pass":

@@ -115,17 +115,23 @@ def test_site_reader_errors():
         reader.run(lambda: net[0](torch.ones(1, 2)))
 
 
+CONV, SEQ = ("sample", "unit", "y", "x"), ("sample", "position", "unit")
+
+
 def test_select_unit_axes_and_positions():
+    # polysdk.mask.select_unit is polysdk.dims.select_unit: named dims, not axis numbers
     conv = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    assert torch.equal(select_unit(conv, 2, (1, 3)), conv[:, 2, 1, 3])
-    assert torch.equal(select_unit(conv, 1, "center"), conv[:, 1, 2, 2])
-    assert torch.equal(select_unit(conv, 0), conv[:, 0])
+    assert torch.equal(select_unit(conv, CONV, 2, (1, 3)), conv[:, 2, 1, 3])
+    assert torch.equal(select_unit(conv, CONV, 1, "center"), conv[:, 1, 2, 2])
+    assert torch.equal(select_unit(conv, CONV, 1, "centre"), conv[:, 1, 2, 2])
+    assert torch.equal(select_unit(conv, CONV, 0, {"y": 3, "x": 0}), conv[:, 0, 3, 0])
+    assert torch.equal(select_unit(conv, CONV, 0), conv[:, 0])
     seq = torch.randn(2, 7, 4)  # [batch, position, unit]
-    assert torch.equal(select_unit(seq, 3), seq[..., 3])
-    assert torch.equal(select_unit(seq, 3, (5,)), seq[:, 5, 3])
-    assert torch.equal(select_unit(seq, 1, unit_dim=1), seq[:, 1])
-    with pytest.raises(ConfigError, match="does not index"):
-        select_unit(conv, 0, (1,))
+    assert torch.equal(select_unit(seq, SEQ, 3), seq[..., 3])
+    assert torch.equal(select_unit(seq, SEQ, 3, (5,)), seq[:, 5, 3])
+    assert torch.equal(select_unit(seq, ("sample", "unit", "feature"), 1), seq[:, 1])
+    with pytest.raises(SiteError, match="has 1 indices"):
+        select_unit(conv, CONV, 0, (1,))
 
 
 def test_temperature_schedule_hand_computed():
@@ -172,7 +178,7 @@ def test_soft_masked_forward_gradcheck():
         soft = {"0.weight": torch.sigmoid(3.0 * a), "2.weight": torch.sigmoid(3.0 * b)}
         with SiteReader(net, "2") as reader:
             act = reader.run(lambda: masked_call(net, soft, x, detach=True))
-        return select_unit(act, 1, "center")
+        return select_unit(act, CONV, 1, "center")
 
     assert torch.autograd.gradcheck(f, (s1, s2))
 

@@ -11,14 +11,21 @@
 
 ::
 
-    cs = ContinuousSparsification(model, "features.10", unit=255, position="center",
+    cs = ContinuousSparsification(model, "features.10", unit=255, position="centre",
                                   params="features.*").fit(images, labels)
     other = ContinuousSparsification(model, "features.10", unit=255, position="center",
                                      params="features.*", swap=True).fit(images, labels)
     mask_overlap(cs.masks_, other.masks_).sel(param="overall")
+
+Every masker takes its data as :class:`polysdk.probe.Probe` does (a tensor, a tuple
+``(x, label, ...)``, a dict of model keyword arguments, or an iterable of such
+batches), names the target site's axes with ``dims=`` (:mod:`polysdk.dims`) and
+selects its value with ``position=`` (``"centre"``/``"center"``, ``"mean"``, ``-1``,
+...); on text batches with an ``attention_mask`` padding never counts.
 """
 
-from polysdk.mask._core import SiteReader, expand_mask, masked_call, select_parameters, select_unit
+from polysdk.dims import select_unit
+from polysdk.mask._core import SiteReader, expand_mask, masked_call, select_parameters
 from polysdk.mask.compare import hypergeom_overlap, mask_overlap
 from polysdk.mask.continuous import ContinuousSparsification, temperature_schedule
 from polysdk.mask.io import dataset_to_masks, densities, load_masks, masks_to_dataset, save_masks

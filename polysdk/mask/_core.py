@@ -17,7 +17,7 @@ which case pass ``stop_at_target=False``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,14 +30,10 @@ from polysdk.sites import Hooks, SiteSpec, TensorKey, resolve_sites, unwrap_mode
 __all__ = [
     "SiteReader",
     "expand_mask",
-    "iter_batches",
     "masked_call",
     "swapped_parameters",
     "select_parameters",
-    "select_unit",
 ]
-
-Position = tuple[int, ...] | str | None
 
 
 class _StopForward(Exception):
@@ -163,41 +159,6 @@ def masked_call(
         return module(*args, **kwargs)
 
 
-def select_unit(
-    tensor: torch.Tensor,
-    unit: int | None,
-    position: Position = None,
-    unit_dim: int | None = None,
-) -> torch.Tensor:
-    """The activation of ``unit`` in a site's tensor: ``[batch, *rest]``.
-
-    ``unit_dim`` is the unit (channel) axis; ``None`` picks 1 for conv maps (4-D and
-    5-D tensors) and 2-D tensors, else the last axis (``[batch, position, unit]``).
-    ``position`` indexes the axes left after the unit is taken (``(6, 6)``), or is
-    ``"center"`` (each axis at ``size // 2``), or ``None`` (keep the map).
-    """
-    dim = _unit_axis(tensor, unit_dim)
-    out = tensor if unit is None else tensor.select(dim, unit)
-    if position is None:
-        return out
-    rest = out.shape[1:]
-    if position == "center":
-        position = tuple(s // 2 for s in rest)
-    if isinstance(position, str) or len(position) != len(rest):
-        raise ConfigError(
-            f"position={position!r} does not index the {len(rest)} axes {tuple(rest)} left "
-            f"after taking the unit; give one index per axis, 'center' or None"
-        )
-    index: tuple[Any, ...] = (slice(None), *position)
-    return out[index]
-
-
-def _unit_axis(tensor: torch.Tensor, unit_dim: int | None) -> int:
-    if unit_dim is not None:
-        return unit_dim % tensor.ndim
-    return 1 if tensor.ndim in (2, 4, 5) else tensor.ndim - 1
-
-
 class SiteReader:
     """Reads one site's value during a forward pass, optionally stopping there.
 
@@ -252,30 +213,6 @@ class SiteReader:
     def __exit__(self, *exc_info: object) -> None:
         self._hooks.detach()
         self._value = None
-
-
-def iter_batches(
-    data: Any, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = False
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Yield tuples of tensors from a tensor, a tuple of tensors (split into batches,
-    shuffled with ``generator`` when ``shuffle``) or an iterable of batches (a
-    ``DataLoader``: each item a tensor or a tuple/list whose items are used)."""
-    if isinstance(data, torch.Tensor):
-        data = (data,)
-    if isinstance(data, tuple) and all(isinstance(t, torch.Tensor) or t is None for t in data):
-        n = len(data[0])
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield tuple(None if t is None else t[idx] for t in data)  # type: ignore[misc]
-        return
-    if not isinstance(data, Iterable):
-        raise ConfigError(
-            f"data must be a tensor, a tuple of tensors or an iterable of batches, got "
-            f"{type(data).__name__}"
-        )
-    for item in data:
-        yield tuple(item) if isinstance(item, (tuple, list)) else (item,)
 
 
 def model_device(model: Any) -> torch.device:

@@ -33,18 +33,16 @@ from tqdm.auto import tqdm
 
 from polysdk.errors import ConfigError, NotFittedError
 from polysdk.mask._core import (
-    Position,
     SiteReader,
     eval_mode,
     expand_mask,
-    iter_batches,
     masked_call,
     model_device,
     select_parameters,
-    select_unit,
 )
+from polysdk.mask._data import Batch, Target, TargetValue, as_batch, as_whole, cat_values, iter_batches, reiterable
 from polysdk.mask.io import masks_to_dataset
-from polysdk.mask.objectives import Contrastive, resolve_objective
+from polysdk.mask.objectives import Contrastive, call_objective, resolve_objective
 from polysdk.sites import SiteSpec, TensorKey
 from polysdk.regularize.losses import soft_mask_l0
 
@@ -76,8 +74,12 @@ class ContinuousSparsification:
     ----------
     model : the network (its weights are frozen: they get no gradient).
     target : the site whose output holds the unit (e.g. the conv, pre-ReLU).
-    unit, position, unit_dim : which value of the site; see
-        :func:`polysdk.mask._core.select_unit` (``position="center"`` works).
+    unit, position, dims : which value of the site: ``dims`` names the site tensor's
+        axes (default :func:`polysdk.dims.default_dims`), ``position`` selects the
+        others (:class:`polysdk.dims.Selection`: ``None`` keeps them, ``"centre"`` or
+        ``"center"``, ``"mean"``, ``"max"``, ``-1``, ``(6, 6)``). On text batches with
+        an ``attention_mask`` padding never counts (``"mean"`` over real tokens, ``-1``
+        the last real token; kept positions reach the objective with the mask).
     params : site spec of the modules whose weights (and biases if ``mask_bias``) are
         masked; parameters that cannot reach the target are dropped (``unused_``).
     granularity : ``"weight"`` (one logit per element) or ``"kernel"`` (one per
@@ -122,8 +124,8 @@ class ContinuousSparsification:
         target: SiteSpec,
         unit: int | None = None,
         *,
-        position: Position = None,
-        unit_dim: int | None = None,
+        position: Any = None,
+        dims: Sequence[str] | None = None,
         params: SiteSpec | Sequence[SiteSpec] = "**",
         granularity: Literal["weight", "kernel"] = "weight",
         mask_bias: bool = True,
@@ -149,7 +151,7 @@ class ContinuousSparsification:
         self.target = target
         self.unit = unit
         self.position = position
-        self.unit_dim = unit_dim
+        self.dims = dims
         self.params = params
         self.granularity = granularity
         self.mask_bias = mask_bias
@@ -183,16 +185,24 @@ class ContinuousSparsification:
                 f"{self.batch_size}, epochs={self.epochs}, lam={self.lam}"
             )
 
-    def _labels(self, x: torch.Tensor, labels: Any, objective: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if labels is None:
+    # ------------------------------------------------------------------ data
+    def _clean(self, batch: Batch, objective: Any) -> Batch:
+        """Check a batch's labels, drop the inputs labelled -1 and apply ``swap``."""
+        if batch.label is None:
             if getattr(objective, "needs_labels", False):
-                raise ConfigError(f"objective {objective!r} needs labels: call fit(x, labels)")
-            return x, None
-        y = torch.as_tensor(labels).long().reshape(-1)
-        if len(y) != len(x):
-            raise ConfigError(f"got {len(x)} inputs but {len(y)} labels; pass one label per input")
+                raise ConfigError(
+                    f"objective {objective!r} needs labels: call fit(x, labels), or give each "
+                    f"batch its labels ((x, label) tuples or a 'labels' key)"
+                )
+            return batch
+        y = batch.label.long().reshape(-1)
+        if len(y) != len(batch):
+            raise ConfigError(f"got {len(batch)} inputs but {len(y)} labels; pass one label per input")
+        batch = Batch(batch.args, batch.kwargs, y)
         keep = y >= 0  # -1 is HDBSCAN noise: dropped
-        x, y = x[keep], y[keep]
+        if not bool(keep.all()):
+            batch = batch.take(keep)
+            y = batch.label
         bad = torch.unique(y[(y != 0) & (y != 1)])
         if len(bad):
             raise ConfigError(
@@ -200,23 +210,58 @@ class ContinuousSparsification:
                 f"{bad.tolist()}; map your cluster ids to 0/1 first"
             )
         if self.swap:
-            y = 1 - y
-        return x, y
+            batch = Batch(batch.args, batch.kwargs, 1 - y)
+        return batch
 
-    def _read(self, reader: SiteReader, masks: dict[str, torch.Tensor] | None, xb: torch.Tensor) -> torch.Tensor:
+    def _source(self, x: Any, labels: Any, objective: Any) -> Any:
+        """All of ``x`` as one checked :class:`Batch` to split (a tensor, a tuple or a
+        dict of every input), or the iterable of batches it is."""
+        whole = as_whole(x)
+        if whole is None:
+            if labels is not None:
+                raise ConfigError(
+                    "labels= goes with all inputs at once (a tensor, a tuple or a dict); with an "
+                    "iterable of batches give each batch its labels ((x, label) tuples or a "
+                    "'labels' key)"
+                )
+            return reiterable(x)
+        if labels is not None:
+            whole = Batch(whole.args, whole.kwargs, torch.as_tensor(labels))
+        whole = self._clean(whole, objective)
+        if len(whole) == 0:
+            raise ConfigError("no inputs left to train on (all labels were -1?)")
+        return whole
+
+    def _batches(self, source: Any, objective: Any, *, generator: torch.Generator | None = None,
+                 shuffle: bool = False) -> Any:
+        """The checked batches of ``source`` (a whole batch is split, shuffled if asked)."""
+        if isinstance(source, Batch):
+            yield from iter_batches(source, self.batch_size, generator=generator, shuffle=shuffle)
+            return
+        for item in source:
+            batch = self._clean(as_batch(item), objective)
+            if len(batch):
+                yield batch
+
+    def _read(self, reader: SiteReader, masks: dict[str, torch.Tensor] | None, batch: Batch) -> TargetValue:
+        """The target's value on ``batch`` with ``masks`` (``None``: the full model)."""
         if masks is None:
-            act = reader.run(lambda: self.model(xb))
+            act = reader.run(lambda: batch.call(self.model))
         else:
-            act = reader.run(lambda: masked_call(self.model, masks, xb, detach=True))
-        return select_unit(act, self.unit, self.position, self.unit_dim)
+            act = reader.run(lambda: masked_call(self.model, masks, *batch.args, detach=True, **batch.kwargs))
+        return Target(reader.site, self.unit, self.position, self.dims).value(act, batch.mask)
 
     def _reader(self) -> SiteReader:
         return SiteReader(self.model, self.target, stop=self.stop_at_target, capture=self.capture, key=self.key)
 
-    def _reference(self, reader: SiteReader, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        with torch.no_grad():
-            parts = [self._read(reader, None, xb.to(device)) for (xb,) in iter_batches(x, self.batch_size)]
-        return torch.cat(parts)
+    def _loss(self, objective: Any, reader: SiteReader, masks: dict[str, torch.Tensor], batch: Batch,
+              needs_reference: bool) -> torch.Tensor:
+        ref = None
+        if needs_reference:
+            with torch.no_grad():
+                ref = self._read(reader, None, batch).values
+        act = self._read(reader, masks, batch)
+        return call_objective(objective, act.values, batch.label, ref, mask=act.real())
 
     def _soft(self, logits: dict[str, torch.Tensor], temp: float) -> dict[str, torch.Tensor]:
         return {n: torch.sigmoid(temp * s) for n, s in logits.items()}
@@ -236,24 +281,25 @@ class ContinuousSparsification:
 
     # ------------------------------------------------------------------ fit
     def fit(
-        self, x: torch.Tensor, labels: Any = None, *, x_val: torch.Tensor | None = None,
-        labels_val: Any = None,
+        self, x: Any, labels: Any = None, *, x_val: Any = None, labels_val: Any = None,
     ) -> ContinuousSparsification:
         """Train the mask logits on ``x`` (and ``labels`` for the contrastive objective).
 
-        ``x`` is a tensor of inputs (first axis = sample; batches are drawn from it with
-        a generator seeded by ``seed``); ``labels`` holds 1 (chosen cluster), 0 (the
-        other) or -1 (dropped, e.g. HDBSCAN noise). ``x_val``/``labels_val`` are the
-        held-out inputs whose objective goes into ``objective_val_`` and ``result_``.
+        ``x`` is all inputs at once (a tensor, first axis = sample; a tuple ``(x,
+        label)``; a dict of model keyword arguments), drawn in shuffled batches with a
+        generator seeded by ``seed``; or an iterable of batches (a ``DataLoader``, a
+        list of dynamically padded dicts), read in its own order each epoch, each batch
+        carrying its labels. ``labels`` holds 1 (chosen cluster), 0 (the other) or -1
+        (dropped, e.g. HDBSCAN noise). ``x_val``/``labels_val`` are the held-out inputs
+        whose objective goes into ``objective_val_`` and ``result_``.
         """
         self._check()
         objective = resolve_objective(self.objective)
+        needs_ref = bool(getattr(objective, "needs_reference", False))
         device = model_device(self.model)
         kinds = ("weight", "bias") if self.mask_bias else ("weight",)
         params = select_parameters(self.model, self.params, kinds=kinds)
-        x, y = self._labels(torch.as_tensor(x), labels, objective)
-        if len(x) == 0:
-            raise ConfigError("no inputs left to train on (all labels were -1?)")
+        source = self._source(x, labels, objective)
         gen = torch.Generator().manual_seed(self.seed)
         logits: dict[str, torch.Tensor] = {}
         self._cover: dict[str, int] = {}
@@ -264,12 +310,11 @@ class ContinuousSparsification:
         temps = temperature_schedule(self.epochs, *self.temperature)
         self.history_: list[dict[str, float]] = []
         with eval_mode(self.model), self._reader() as reader:
-            ref = self._reference(reader, x, device) if getattr(objective, "needs_reference", False) else None
             # drop parameters the target does not depend on (e.g. layers after it)
-            idx = slice(0, self.batch_size)
-            xb = x[idx].to(device)
-            act = self._read(reader, self._soft(logits, temps[0]), xb)
-            probe = objective(act, None if y is None else y[idx].to(device), None if ref is None else ref[idx])
+            first = next(iter(self._batches(source, objective)), None)
+            if first is None:
+                raise ConfigError("no inputs left to train on (the data was empty, or all labels were -1)")
+            probe = self._loss(objective, reader, self._soft(logits, temps[0]), first.to(device), needs_ref)
             grads = torch.autograd.grad(probe, list(logits.values()), allow_unused=True)
             self.unused_ = [n for n, g in zip(logits, grads) if g is None]
             for name in self.unused_:
@@ -279,22 +324,20 @@ class ContinuousSparsification:
                 raise ConfigError(f"none of the parameters selected by params={self.params!r} reaches the target")
             opt = torch.optim.SGD(list(logits.values()), lr=self.lr, momentum=self.momentum)
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.milestones), gamma=self.gamma)
-            data = (x, y, None if ref is None else ref.cpu())
             for epoch in tqdm(range(self.epochs), desc="mask training", disable=not self.progress):
                 temp = temps[epoch]
                 sums = [0.0, 0.0, 0]
                 started = time.perf_counter()
-                for xb, yb, rb in iter_batches(data, self.batch_size, generator=gen, shuffle=True):
-                    soft = self._soft(logits, temp)
-                    act = self._read(reader, soft, xb.to(device))
-                    obj = objective(act, None if yb is None else yb.to(device), None if rb is None else rb.to(device))
+                for batch in self._batches(source, objective, generator=gen, shuffle=True):
+                    b = batch.to(device)
+                    obj = self._loss(objective, reader, self._soft(logits, temp), b, needs_ref)
                     pen = self._penalty(logits, temp)
                     opt.zero_grad(set_to_none=True)
                     (obj + pen).backward()
                     opt.step()
-                    sums[0] += float(obj.detach()) * len(xb)
-                    sums[1] += float(pen.detach()) * len(xb)
-                    sums[2] += len(xb)
+                    sums[0] += float(obj.detach()) * len(b)
+                    sums[1] += float(pen.detach()) * len(b)
+                    sums[2] += len(b)
                 sched.step()
                 seconds = time.perf_counter() - started
                 with torch.no_grad():
@@ -309,25 +352,38 @@ class ContinuousSparsification:
             self.masks_ = {
                 n: expand_mask(s > 0, params[n].shape).clone() for n, s in self.logits_.items()
             }
-            self.objective_train_, self.accuracy_train_ = self._evaluate(reader, objective, x, y, ref, device)
+            self.objective_train_, self.accuracy_train_ = self._evaluate(reader, objective, source, device)
             self.objective_val_ = self.accuracy_val_ = float("nan")
             if x_val is not None:
-                xv, yv = self._labels(torch.as_tensor(x_val), labels_val, objective)
-                rv = self._reference(reader, xv, device) if ref is not None else None
-                self.objective_val_, self.accuracy_val_ = self._evaluate(reader, objective, xv, yv, rv, device)
+                val = self._source(x_val, labels_val, objective)
+                self.objective_val_, self.accuracy_val_ = self._evaluate(reader, objective, val, device)
         self.result_ = masks_to_dataset(self.masks_, attrs=self._attrs(objective))
         return self
 
-    def _evaluate(self, reader: SiteReader, objective: Any, x: torch.Tensor, y: torch.Tensor | None,
-                  ref: torch.Tensor | None, device: torch.device) -> tuple[float, float]:
-        """Objective (and, for contrastive, accuracy of ``logit > 0``) with the binary mask."""
+    def _evaluate(self, reader: SiteReader, objective: Any, source: Any,
+                  device: torch.device) -> tuple[float, float]:
+        """Objective (and, for contrastive, accuracy of ``logit > 0``) with the binary
+        mask, over all of ``source`` at once."""
+        acts: list[TargetValue] = []
+        refs: list[TargetValue] = []
+        labels: list[torch.Tensor] = []
+        needs_ref = bool(getattr(objective, "needs_reference", False))
         with torch.no_grad():
-            acts = [self._read(reader, self.masks_, xb.to(device)) for (xb,) in iter_batches(x, self.batch_size)]
-            act = torch.cat(acts)
-            out = objective(act, None if y is None else y.to(device), None if ref is None else ref.to(device))
+            for batch in self._batches(source, objective):
+                b = batch.to(device)
+                acts.append(self._read(reader, self.masks_, b))
+                if needs_ref:
+                    refs.append(self._read(reader, None, b))
+                if b.label is not None:
+                    labels.append(b.label)
+            act = cat_values(acts)
+            ref = cat_values(refs).values if refs else None
+            y = torch.cat(labels) if labels and len(labels) == len(acts) else None
+            out = call_objective(objective, act.values, y, ref, mask=act.real())
         acc = float("nan")
         if isinstance(objective, Contrastive) and y is not None:
-            acc = float(((objective.logits(act) > 0).long().cpu() == y.cpu()).float().mean())
+            predicted = (objective.logits(act.values, mask=act.real()) > 0).long().cpu()
+            acc = float((predicted == y.cpu()).float().mean())
         return float(out), acc
 
     def _attrs(self, objective: Any) -> dict[str, Any]:
@@ -350,26 +406,26 @@ class ContinuousSparsification:
         if not hasattr(self, "masks_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(x, labels) first")
 
-    def activations(self, x: torch.Tensor, *, masked: bool = True) -> torch.Tensor:
-        """The target unit's activation on ``x`` with the binary mask (or without)."""
+    def activations(self, x: Any, *, masked: bool = True) -> torch.Tensor:
+        """The target unit's activation on ``x`` with the binary mask (or without):
+        ``[sample, *rest]``; where the selection keeps the positions of masked text
+        batches, their real tokens only, ``[token, *rest]`` (text order)."""
         self._fitted()
         device = model_device(self.model)
         with eval_mode(self.model), self._reader() as reader, torch.no_grad():
             parts = [
-                self._read(reader, self.masks_ if masked else None, xb.to(device))
-                for (xb,) in iter_batches(torch.as_tensor(x), self.batch_size)
+                self._read(reader, self.masks_ if masked else None, batch.to(device)).tokens()
+                for batch in iter_batches(x, self.batch_size)
             ]
         return torch.cat(parts)
 
-    def score(self, x: torch.Tensor, labels: Any = None) -> float:
+    def score(self, x: Any, labels: Any = None) -> float:
         """The objective on ``x`` with the binary mask (lower is better)."""
         self._fitted()
         objective = resolve_objective(self.objective)
-        xs, ys = self._labels(torch.as_tensor(x), labels, objective)
-        device = model_device(self.model)
+        source = self._source(x, labels, objective)
         with eval_mode(self.model), self._reader() as reader:
-            ref = self._reference(reader, xs, device) if getattr(objective, "needs_reference", False) else None
-            return self._evaluate(reader, objective, xs, ys, ref, device)[0]
+            return self._evaluate(reader, objective, source, model_device(self.model))[0]
 
     def save(self, store: Any, name: str) -> None:
         """Write ``result_`` to an ``ActivationStore`` as result ``name``."""

@@ -5,7 +5,11 @@ An objective is any callable ``objective(act, labels, reference) -> scalar tenso
 batch's labels (or ``None``), ``reference`` the unmasked model's activation on the
 same inputs (or ``None``). The attributes ``needs_labels`` / ``needs_reference``
 (default ``False``) tell :class:`~polysdk.mask.ContinuousSparsification` what to
-compute. Two are built in:
+compute. When the unit's value keeps the positions of padded text (``position=None``
+on a batch with an ``attention_mask``), the objective is called with ``mask=``, a
+bool tensor that broadcasts against ``act``, true on real tokens; an objective
+without a ``mask`` parameter is then refused (choose ``position="mean"`` or ``-1``,
+or take ``mask``). Two are built in, both honouring the mask:
 
 * :class:`Contrastive` (seed 000): binary cross-entropy with the unit's activation
   as the logit; label 1 for inputs of the chosen cluster, 0 for the other.
@@ -17,14 +21,15 @@ compute. Two are built in:
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from polysdk.errors import ConfigError
 
-__all__ = ["Contrastive", "Preserve", "resolve_objective"]
+__all__ = ["Contrastive", "Preserve", "call_objective", "resolve_objective"]
 
 
 class Contrastive:
@@ -45,10 +50,18 @@ class Contrastive:
             raise ConfigError(f"reduce must be 'mean', 'max' or 'sum', got {reduce!r}")
         self.reduce = reduce
 
-    def logits(self, act: torch.Tensor) -> torch.Tensor:
+    def logits(self, act: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One logit per input: ``act`` itself, or its other axes reduced (real
+        entries only where ``mask`` is given)."""
         if act.ndim == 1:
             return act
         flat = act.flatten(1)
+        if mask is not None:
+            keep = mask.expand_as(act).flatten(1)
+            if self.reduce == "max":
+                return flat.masked_fill(~keep, float("-inf")).amax(1)
+            total = flat.masked_fill(~keep, 0.0).sum(1)
+            return total if self.reduce == "sum" else total / keep.sum(1).clamp(min=1).to(total.dtype)
         if self.reduce == "mean":
             return flat.mean(1)
         if self.reduce == "sum":
@@ -56,11 +69,12 @@ class Contrastive:
         return flat.amax(1)
 
     def __call__(
-        self, act: torch.Tensor, labels: torch.Tensor | None, reference: torch.Tensor | None
+        self, act: torch.Tensor, labels: torch.Tensor | None, reference: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if labels is None:
             raise ConfigError("the contrastive objective needs labels: call fit(x, labels)")
-        return F.binary_cross_entropy_with_logits(self.logits(act), labels.to(act.dtype))
+        return F.binary_cross_entropy_with_logits(self.logits(act, mask), labels.to(act.dtype))
 
     def __repr__(self) -> str:
         return f"Contrastive(reduce={self.reduce!r})"
@@ -82,10 +96,14 @@ class Preserve:
         self.eps = eps
 
     def __call__(
-        self, act: torch.Tensor, labels: torch.Tensor | None, reference: torch.Tensor | None
+        self, act: torch.Tensor, labels: torch.Tensor | None, reference: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if reference is None:
             raise ConfigError("the preserve objective needs the unmasked activation as reference")
+        if mask is not None:  # real entries only
+            keep = mask.expand_as(act)
+            act, reference = act[keep], reference[keep]
         err = (act - reference).pow(2).mean()
         if self.normalize:
             err = err / (reference.pow(2).mean() + self.eps)
@@ -108,3 +126,26 @@ def resolve_objective(objective: object):  # noqa: ANN201
     if not callable(objective):
         raise ConfigError(f"objective must be a name or a callable, got {type(objective).__name__}")
     return objective
+
+
+def _takes_mask(objective: Any) -> bool:
+    try:
+        params = inspect.signature(objective).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "mask" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def call_objective(objective: Any, act: torch.Tensor, labels: torch.Tensor | None,
+                   reference: torch.Tensor | None, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``objective(act, labels, reference)``, with ``mask=`` when padding must be skipped."""
+    if mask is None:
+        return objective(act, labels, reference)
+    if not _takes_mask(objective):
+        raise ConfigError(
+            f"objective {objective!r} would see padded positions: the unit's value keeps the "
+            f"position dim of text batches with an attention_mask; give the masker a position "
+            f"(position='mean', 'max' or -1) or let the objective take mask= (a bool tensor "
+            f"that broadcasts against act, true on real tokens)"
+        )
+    return objective(act, labels, reference, mask=mask)

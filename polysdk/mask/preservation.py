@@ -2,7 +2,7 @@
 
 On held-out inputs, with ``a`` the unit's activation map of the full model and ``c``
 that of the circuit: Pearson ``r`` between ``c`` and ``a`` (over every input and
-position) and ``dF_norm = mean|c - a| / mean|a|``; :func:`preservation_curve` does
+position; on text batches with an ``attention_mask``, over real tokens only) and ``dF_norm = mean|c - a| / mean|a|``; :func:`preservation_curve` does
 this at a ladder of densities for a fitted saliency (``SNIP``, ``ActGrad``,
 ``FORCE``)::
 
@@ -21,7 +21,8 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from polysdk.errors import ConfigError
-from polysdk.mask._core import Position, SiteReader, eval_mode, iter_batches, masked_call, model_device, select_unit
+from polysdk.mask._core import SiteReader, eval_mode, masked_call, model_device
+from polysdk.mask._data import Target, iter_batches
 from polysdk.mask.io import densities
 from polysdk.sites import SiteSpec
 
@@ -56,21 +57,27 @@ def feature_preservation(
     x: Any,
     masks: Mapping[str, torch.Tensor],
     *,
-    position: Position = None,
-    unit_dim: int | None = None,
+    position: Any = None,
+    dims: Sequence[str] | None = None,
     batch_size: int = 64,
     stop_at_target: bool = True,
 ) -> dict[str, float]:
-    """Pearson r and ``dF_norm`` of the circuit ``masks`` against the full model."""
+    """Pearson r and ``dF_norm`` of the circuit ``masks`` against the full model.
+
+    ``x`` is batched as by the maskers (a tensor, a tuple, a dict of model keyword
+    arguments, or an iterable of batches); ``position`` and ``dims`` select the unit's
+    value as they do there, and padded positions are left out.
+    """
     device = model_device(model)
     circ, orig = [], []
     with eval_mode(model), SiteReader(model, target, stop=stop_at_target) as reader, torch.no_grad():
+        spec = Target(reader.site, unit, position, dims)
         for batch in iter_batches(x, batch_size):
-            xb = batch[0].to(device)
-            orig.append(select_unit(reader.run(lambda: model(xb)), unit, position, unit_dim).cpu())
-            circ.append(select_unit(
-                reader.run(lambda: masked_call(model, masks, xb, detach=True)), unit, position, unit_dim
-            ).cpu())
+            b = batch.to(device)
+            orig.append(spec.value(reader.run(lambda: b.call(model)), b.mask).flat().cpu())
+            circ.append(spec.value(
+                reader.run(lambda: masked_call(model, masks, *b.args, detach=True, **b.kwargs)), b.mask
+            ).flat().cpu())
     return preservation_scores(torch.cat(circ), torch.cat(orig))
 
 
@@ -93,7 +100,7 @@ def preservation_curve(
         masks = scorer.masks_for(d, x=x_fit)
         res = feature_preservation(
             scorer.model, scorer.target, scorer.unit, x, masks, position=scorer.position,
-            unit_dim=scorer.unit_dim, batch_size=batch_size, stop_at_target=scorer.stop_at_target,
+            dims=scorer.dims, batch_size=batch_size, stop_at_target=scorer.stop_at_target,
         )
         dens = densities(masks)
         rows["pearson_r"].append(res["pearson_r"])

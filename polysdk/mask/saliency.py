@@ -12,6 +12,17 @@ score, ``n_reachable_``), as circuit pruning does::
     masks = snip.masks_for(0.05)                    # {param: bool mask of its shape}
     force = FORCE(alexnet, "features.10", unit=255, params="features.*", density=0.05).fit(images)
     ActGrad(alexnet, "features.10", unit=255, structure="kernel").fit(images).scores_
+    SNIP(bert, "encoder.layer.1.intermediate", unit=7, position="mean").fit(text_batches)
+
+Data is what :class:`polysdk.probe.Probe` takes: a tensor, a tuple ``(x, label, ...)``
+or a dict of model keyword arguments (``input_ids``, ``attention_mask``, ...), split
+into batches of ``batch_size``, or an iterable of such batches (dynamically padded
+dicts). ``position`` selects the target site's other dims by name (``dims=`` names
+them; :class:`polysdk.dims.Selection`): ``None`` keeps them, ``"centre"`` (or
+``"center"``), ``"mean"``, ``"max"``, ``-1``, ``(6, 6)``. Padding never counts: on a
+batch with an ``attention_mask``, ``"mean"`` is the mean over real tokens, ``-1`` each
+text's last real token, the target's sum and max skip padded positions, and
+ActGrad's means over positions count real tokens only.
 
 * ``ActGrad``: kernel ``(o, i)``: ``sum_images mean_positions |c_oi * dT/dz_o|`` with
   ``c_oi`` the map kernel ``(o, i)`` adds to output channel ``o``; filter ``o``:
@@ -34,18 +45,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from polysdk import dims as D
 from polysdk.errors import ConfigError, NotFittedError
 from polysdk.mask._core import (
-    Position,
     SiteReader,
     eval_mode,
     expand_mask,
-    iter_batches,
     masked_call,
     model_device,
     select_parameters,
-    select_unit,
 )
+from polysdk.mask._data import Batch, Target, iter_batches
 from polysdk.mask.io import layer_of
 from polysdk.sites import Hooks, SiteSpec, TensorKey, unwrap_model
 
@@ -54,19 +64,30 @@ __all__ = ["FORCE", "SNIP", "ActGrad", "collapse_target", "force_schedule", "str
 Structure = Literal["weight", "kernel", "filter"]
 
 
-def collapse_target(act: torch.Tensor, reduce: str = "sum_abs") -> torch.Tensor:
+def collapse_target(act: torch.Tensor, reduce: str = "sum_abs", *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The unit's map ``[batch, *positions]`` collapsed to one number.
+
+    ``mask`` (a bool tensor that broadcasts against ``act``, true on real tokens)
+    leaves padding out of the sum and of each input's max.
 
     >>> collapse_target(torch.tensor([[1.0, -3.0], [2.0, 0.5]]), "sum_abs")
     tensor(6.5000)
     >>> collapse_target(torch.tensor([[1.0, -3.0], [2.0, 0.5]]), "max")
     tensor(3.)
+    >>> collapse_target(torch.tensor([[1.0, -3.0], [2.0, 0.5]]), "max", mask=torch.tensor([[True], [False]]))
+    tensor(1.)
     """
+    if reduce not in ("sum_abs", "max"):
+        raise ConfigError(f"reduce must be 'sum_abs' or 'max', got {reduce!r}")
+    if mask is not None:
+        keep = mask.expand_as(act)
+        if reduce == "sum_abs":
+            return act.abs().masked_fill(~keep, 0.0).sum()
+        per_input = act.masked_fill(~keep, float("-inf")).reshape(len(act), -1).amax(1)
+        return per_input[keep.reshape(len(act), -1).any(1)].sum()  # an input with no real token adds 0
     if reduce == "sum_abs":
         return act.abs().sum()
-    if reduce == "max":
-        return act.reshape(len(act), -1).amax(1).sum()
-    raise ConfigError(f"reduce must be 'sum_abs' or 'max', got {reduce!r}")
+    return act.reshape(len(act), -1).amax(1).sum()
 
 
 def structure_scores(score: torch.Tensor, structure: Structure) -> torch.Tensor:
@@ -124,8 +145,8 @@ class _Saliency:
         target: SiteSpec,
         unit: int | None = None,
         *,
-        position: Position = None,
-        unit_dim: int | None = None,
+        position: Any = None,
+        dims: Sequence[str] | None = None,
         params: SiteSpec | Sequence[SiteSpec] = "**",
         reduce: Literal["sum_abs", "max"] = "sum_abs",
         batch_size: int = 32,
@@ -138,7 +159,7 @@ class _Saliency:
         self.target = target
         self.unit = unit
         self.position = position
-        self.unit_dim = unit_dim
+        self.dims = dims
         self.params = params
         self.reduce = reduce
         self.batch_size = batch_size
@@ -153,8 +174,13 @@ class _Saliency:
     def _params(self) -> dict[str, nn.Parameter]:
         return select_parameters(self.model, self.params, kinds=("weight",), min_ndim=2)
 
-    def _target(self, act: torch.Tensor) -> torch.Tensor:
-        return collapse_target(select_unit(act, self.unit, self.position, self.unit_dim), self.reduce)
+    def _spec(self, site: str) -> Target:
+        return Target(site, self.unit, self.position, self.dims)
+
+    def _target(self, reader: SiteReader, act: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The scalar ``T`` of one batch: the unit's value collapsed, padding left out."""
+        value = self._spec(reader.site).value(act, batch.mask)
+        return collapse_target(value.values, self.reduce, mask=value.real())
 
     def _finish(self, raw: dict[str, torch.Tensor]) -> None:
         raw = {n: s for n, s in raw.items() if bool((s > 0).any())}
@@ -206,14 +232,14 @@ class _MaskGradient(_Saliency):
         grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
         with eval_mode(self.model), self._reader() as reader:
             for batch in tqdm(iter_batches(x, self.batch_size), disable=not self.progress, desc=type(self).__name__):
-                xb = batch[0].to(device)
+                b = batch.to(device)
                 m = {
                     n: (expand_mask(masks[n].to(device), p.shape).to(p.dtype) if masks is not None and n in masks
                         else torch.ones_like(p)).detach().requires_grad_(True)
                     for n, p in params.items()
                 }
-                act = reader.run(lambda: masked_call(self.model, m, xb, detach=True))
-                target = self._target(act)
+                act = reader.run(lambda: masked_call(self.model, m, *b.args, detach=True, **b.kwargs))
+                target = self._target(reader, act, b)
                 got = torch.autograd.grad(target, list(m.values()), allow_unused=True)
                 for n, g in zip(m, got):
                     if g is not None:
@@ -272,7 +298,7 @@ class FORCE(_MaskGradient):
         """Top-k of the final round's scores; for another ``density`` pass ``x`` to
         run FORCE again at that density (FORCE's mask depends on its schedule)."""
         if density is not None and x is not None and density != self.density:
-            other = FORCE(self.model, self.target, self.unit, position=self.position, unit_dim=self.unit_dim,
+            other = FORCE(self.model, self.target, self.unit, position=self.position, dims=self.dims,
                           params=self.params, reduce=self.reduce, batch_size=self.batch_size,
                           stop_at_target=self.stop_at_target, capture=self.capture, key=self.key,
                           progress=self.progress, structure=self.structure, density=density, steps=self.steps)
@@ -324,29 +350,39 @@ class ActGrad(_Saliency):
             for batch in tqdm(iter_batches(x, self.batch_size), disable=not self.progress, desc="ActGrad"):
                 inputs.clear()
                 outputs.clear()
-                xb = batch[0].to(device)
-                act = reader.run(lambda: self.model(xb))
-                target = self._target(act)
+                b = batch.to(device)
+                act = reader.run(lambda: b.call(self.model))
+                target = self._target(reader, act, b)
                 ran = [n for n in layers if n in outputs]
                 grads = torch.autograd.grad(target, [outputs[n] for n in ran], allow_unused=True)
                 for name, g in zip(ran, grads):
                     if g is None:
                         continue
-                    score = self._layer_score(layers[name], inputs[name], outputs[name].detach(), g)
+                    score = self._layer_score(layers[name], inputs[name], outputs[name].detach(), g, b.mask)
                     key = f"{name}.weight"
                     raw[key] = score if raw[key] is None else raw[key] + score
         self._finish({n: s for n, s in raw.items() if s is not None})
         return self
 
-    def _layer_score(self, mod: nn.Module, xin: torch.Tensor, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Summed over the batch: kernel scores ``[O, I]`` or filter scores ``[O]``."""
+    def _layer_score(self, mod: nn.Module, xin: torch.Tensor, z: torch.Tensor, g: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Summed over the batch: kernel scores ``[O, I]`` or filter scores ``[O]``; the
+        mean over positions counts real tokens only (``mask``)."""
+        names = _layer_dims(mod, z)
+        keep = _fitting_mask(mask, names, z)
         if self.structure == "filter":
-            return (z * g).abs().reshape(z.shape[0], z.shape[1], -1).mean(-1).sum(0)
+            per_input, _, _ = D.select((z * g).abs(), names, "mean", mask=keep)  # (sample, unit)
+            return per_input.sum(0)
         w = mod.weight.detach()
         if isinstance(mod, nn.Linear):
-            # contribution of weight (o, i) on input b is x_bi w_oi; its gradient g_bo
+            # contribution of weight (o, i) at row r (an input, or one position of it) is
+            # x_ri w_oi with gradient g_ro; rows weigh 1 / (real positions of their input)
+            if keep is not None:
+                rows = keep.float() / keep.sum(1, keepdim=True).clamp(min=1)
+            else:
+                rows = torch.full(z.shape[:-1], 1.0 / max(1, math.prod(z.shape[1:-1])), device=z.device)
             xin2, g2 = xin.reshape(-1, xin.shape[-1]), g.reshape(-1, g.shape[-1])
-            return w.abs() * (g2.abs().t() @ xin2.abs())
+            return w.abs() * ((g2.abs() * rows.reshape(-1, 1).to(g2.dtype)).t() @ xin2.abs())
         out_c, in_c = w.shape[:2]
         # every kernel's own map: a grouped conv, output channel i * O + o = conv(x_i, w_oi)
         w_edges = w.transpose(0, 1).reshape(in_c * out_c, 1, *w.shape[2:])
@@ -360,3 +396,20 @@ class ActGrad(_Saliency):
             prod = (edges * gc[:, None]).abs().mean(dim=(3, 4)).sum(0)  # [I, O]
             total += prod.t().float()
         return total
+
+
+def _layer_dims(mod: nn.Module, z: torch.Tensor) -> tuple[str, ...]:
+    """Dim names of a scored layer's output: a conv map by the dims rule; a linear
+    layer's units are its last axis by construction (``(sample, position, unit)`` on 3-D)."""
+    if isinstance(mod, nn.Linear) and z.ndim > 3:
+        return (D.SAMPLE, *(f"dim_{i}" for i in range(1, z.ndim - 1)), D.UNIT)
+    return D.default_dims(z.ndim)
+
+
+def _fitting_mask(mask: torch.Tensor | None, names: tuple[str, ...], z: torch.Tensor) -> torch.Tensor | None:
+    """The batch's attention mask when it lines up with this layer's positions."""
+    if mask is None or D.POSITION not in names:
+        return None
+    if tuple(mask.shape) != (z.shape[0], z.shape[names.index(D.POSITION)]):
+        return None
+    return mask.to(z.device).bool()

@@ -28,7 +28,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from polysdk.errors import ConfigError
-from polysdk.mask._core import _unit_axis
+from polysdk import dims as D
 from polysdk.sites import HookedComponent, SiteSpec, TensorKey, hook_gradient, hook_optimizer_step
 
 __all__ = ["UnitMask"]
@@ -40,9 +40,11 @@ class UnitMask(HookedComponent):
     Parameters
     ----------
     model, site : the model and one site (a module name, glob or module).
-    units : indices along the unit axis (``unit_dim``; ``None``: 1 for 2-D, 4-D and
-        5-D tensors, else the last axis) or, in parameter mode, along the first axis of
-        the module's ``weight`` and ``bias``.
+    units : indices along the site's ``unit`` axis (activation mode) or, in parameter
+        mode, along the first axis of the module's ``weight`` and ``bias``.
+    dims : activation mode: names of the site tensor's axes, one of them ``"unit"``
+        (default :func:`polysdk.dims.default_dims`: ``(sample, unit)``,
+        ``(sample, position, unit)``, ``(sample, unit, y, x)``).
     mode : ``"activation"`` or ``"parameter"``.
     regrow : parameter mode only: do not hold the zeros during training.
     zero_bias : parameter mode: zero the bias entries too.
@@ -66,7 +68,7 @@ class UnitMask(HookedComponent):
         units: Sequence[int] | torch.Tensor,
         *,
         mode: Literal["activation", "parameter"] = "activation",
-        unit_dim: int | None = None,
+        dims: Sequence[str] | None = None,
         regrow: bool = False,
         zero_bias: bool = True,
         optimizer: torch.optim.Optimizer | None = None,
@@ -86,7 +88,7 @@ class UnitMask(HookedComponent):
             )
         self.units = [int(u) for u in (units.tolist() if isinstance(units, torch.Tensor) else units)]
         self.mode = mode
-        self.unit_dim = unit_dim
+        self.dims = dims
         self.regrow = regrow
         self.zero_bias = zero_bias
         self.optimizer = optimizer
@@ -99,8 +101,10 @@ class UnitMask(HookedComponent):
 
     # ---------------------------------------------------------------- activation
     def hook(self, site: str, tensor: torch.Tensor) -> torch.Tensor | None:
-        dim = _unit_axis(tensor, self.unit_dim)
-        self._check_range(tensor.shape[dim], f"axis {dim} of {site!r}")
+        names = D.check_dims(None if self.dims is None else tuple(self.dims), tensor.shape, site=site,
+                             need_unit=True)
+        dim = D.unit_axis(names, site=site)
+        self._check_range(tensor.shape[dim], f"the unit axis {dim} of {site!r}")
         idx = torch.as_tensor(self.units, device=tensor.device, dtype=torch.long)
         return tensor.index_fill(dim, idx, 0.0)
 
