@@ -135,7 +135,7 @@ def test_hdbscan_activation_times_gradient(planted):
     # compare one unit's representation with the closed form x * w_u
     u = int(det.polysemantic_[0])
     rows = det._attribution_rows(pl.model, pl.inputs, det.result_["top_index"].values[u][:5],
-                                 u, "units", 1)
+                                 u, "units", ("sample", "unit"))
     x = pl.inputs[det.result_["top_index"].values[u][:5]]
     np.testing.assert_allclose(rows, (x * pl.model.units.weight[u]).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
@@ -145,17 +145,24 @@ def test_hdbscan_activation_times_gradient(planted):
 
 
 def test_concept_sets_record_through_probe():
+    from polysdk.detect._stream import prepare, text_labels, to_tokens
+
     pc = make_planted_concepts(texts_per_set=3, seed=2)
     texts = {s: pc.texts[s] for s in pc.set_names}
     texts["spanish"] = [t + " the" for t in texts["spanish"][:2]]  # longer -> padding
     acts = ConceptSets.record(pc.model, pc.tokenizer, texts, site="act", batch_size=4)
-    assert acts.dims == ("sample", "position", "unit")
-    assert acts["concept"].values.tolist().count("spanish") == 2
+    # padded with its attention mask, or flat (padding not there): the real tokens agree
+    assert acts.dims in (("sample", "position", "unit"), ("token", "unit"))
+    tokens = to_tokens(prepare(acts))
+    n_real = sum(len(t.split()) for ts in texts.values() for t in ts)
+    assert tokens.sizes["token"] == n_real
+    assert text_labels(prepare(acts), prepare(acts)["concept"]).tolist().count("spanish") == 2
     ids = pc.tokenizer(pc.texts["fortran"][0])["input_ids"]
     with torch.no_grad():
         ref = pc.model(ids)[0].numpy()
-    np.testing.assert_allclose(acts.values[0, : ref.shape[0]], ref, rtol=1e-6)
-    assert acts["token"].values[0, 0] == pc.texts["fortran"][0].split()[0]
-    assert not acts["mask"].values[0, -1]  # fortran texts are padded to the spanish length
+    first = tokens.isel(token=np.flatnonzero(tokens["sample"].values == 0))
+    np.testing.assert_allclose(first.values, ref, rtol=1e-6)
     res = ConceptSets(top_n=8, exclude_shallow=True).fit(acts).result_
     assert res.sizes["set"] == 4 and res["texts_per_set"].sel(set="spanish") == 2
+    assert "<pad>" not in set(res["top_token"].values.ravel().tolist())
+    assert res["top_token"].values[res["active"].values][0] in pc.tokenizer.vocab

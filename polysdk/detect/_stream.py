@@ -1,8 +1,24 @@
-"""Streaming helpers shared by the built-in detectors (chunk-by-chunk dask reductions).
+"""Streaming helpers shared by the built-in detectors (chunk-by-chunk dask reductions),
+and the one path by which a detector reads per-token text activations.
 
 Everything here builds lazy dask graphs; nothing loads a whole site. The detectors
 compute the graphs through ``Detector._compute`` (on a ``dask.distributed`` client when
 ``fit`` got one).
+
+Which axis is what, and how a selection (``"centre"``, ``"max"``, ``-1``, ...) reduces
+the others, is :mod:`polysdk.dims`'s decision; the helpers here only prepare what a
+detector holds for it (padding mask under dims' name, small per-token coordinates in
+memory) and add what a detector needs on top: a streaming per-text reduction of the flat
+token layout, the real tokens of a padded array, and the choice between texts and
+tokens as the rows a detector counts.
+
+Two text layouts are read, with identical results for the same texts:
+
+* flat (dims ``token``, ``unit``; per-token coordinates ``sample`` (which text),
+  ``position`` (index among the text's real tokens), ``token_id``): padding is not
+  there;
+* padded (dims ``sample``, ``position``, ``unit``) with an ``attention_mask`` (or the
+  older ``mask``) (``sample``, ``position``) coordinate, False / 0 at padding.
 """
 
 from __future__ import annotations
@@ -14,72 +30,399 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from polysdk.errors import ConfigError, DetectorInputError
+from polysdk import dims
+from polysdk.dims import POSITION, SAMPLE, TOKEN, UNIT
+from polysdk.errors import ConfigError, DetectorInputError, SiteError
 
-SPATIAL_DIMS = ("position", "y", "x")
 DEFAULT_CHUNK = 4096
+MASK_COORDS = ("attention_mask", "mask")
+TOKEN_COORDS = ("token", "token_str", "token_id")  # token types, first found
+PER = ("auto", "token", "text")
+
+__all__ = [
+    "DEFAULT_CHUNK", "TokenInput", "as_dask", "grouped_sum", "is_flat", "label_codes",
+    "prepare", "real_values", "rows_for", "select", "text_labels", "to_tokens",
+    "token_values", "top_k_indices",
+]
+
+
+# --------------------------------------------------------------------------- layout
+def is_flat(acts: xr.DataArray) -> bool:
+    """True for the flat token layout (a ``token`` dim instead of ``sample``)."""
+    return TOKEN in acts.dims
+
+
+def is_text(acts: xr.DataArray) -> bool:
+    """True when the rows hold per-token activations (flat, or a ``position`` dim)."""
+    return is_flat(acts) or POSITION in acts.dims
 
 
 def as_dask(acts: xr.DataArray, chunk: int = DEFAULT_CHUNK) -> xr.DataArray:
-    """The same DataArray, dask-backed (in-memory arrays are split into sample chunks)."""
+    """The same DataArray, dask-backed (in-memory arrays are split along their rows:
+    ``sample``, or ``token`` in the flat layout)."""
     if isinstance(acts.data, da.Array):
         return acts
-    return acts.chunk({"sample": min(chunk, acts.sizes["sample"])})
+    row = TOKEN if is_flat(acts) else SAMPLE
+    return acts.chunk({row: min(chunk, acts.sizes[row])})
 
 
-def select_position(acts: xr.DataArray, position: Any, name: str = "position") -> xr.DataArray:
-    """Reduce every dim other than ``sample`` / ``unit`` as ``position`` says.
-
-    ``"centre"`` (or ``"center"``): the middle index of each extra dim (seed 000's rule:
-    conv5's [6, 6] of 13 x 13); ``"max"`` / ``"mean"``: reduce over them; an ``int``
-    (one extra dim) or a ``dict`` ``{dim: index}``: that index; ``None``: no extra dims
-    allowed. The result has dims (``sample``, ``unit``) in that order.
-    """
-    extra = [d for d in acts.dims if d not in ("sample", "unit")]
-    if extra:
-        if position is None:
-            raise DetectorInputError(
-                f"the activations have extra dims {extra} and {name}=None; pass {name}="
-                "'centre', 'max', 'mean' or {dim: index} to reduce them.")
-        if isinstance(position, str):
-            key = position.lower()
-            if key in ("centre", "center"):
-                acts = acts.isel({d: acts.sizes[d] // 2 for d in extra})
-            elif key in ("max", "mean", "sum"):
-                acts = getattr(acts, key)(extra)
-            else:
-                raise ConfigError(f"{name}={position!r} is not understood; use 'centre', "
-                                  "'max', 'mean', an int or a {dim: index} dict.")
-        elif isinstance(position, dict):
-            missing = [d for d in extra if d not in position]
-            unknown = [d for d in position if d not in extra]
-            if missing or unknown:
+def _mask_name(acts: xr.DataArray, mask_coord: str | None) -> str | None:
+    names = (mask_coord,) if mask_coord else MASK_COORDS
+    for name in names:
+        if name in acts.coords:
+            m = acts.coords[name]
+            if set(m.dims) != {SAMPLE, POSITION}:
                 raise DetectorInputError(
-                    f"{name}={position!r} does not match the extra dims {extra} (missing "
-                    f"{missing}, unknown {unknown}); give one index per extra dim.")
-            for d, i in position.items():
-                if not -acts.sizes[d] <= int(i) < acts.sizes[d]:
-                    raise DetectorInputError(f"{name}[{d!r}]={i} is out of range for size "
-                                             f"{acts.sizes[d]}; pick an index inside it.")
-            acts = acts.isel({d: int(i) for d, i in position.items()})
-        elif isinstance(position, (int, np.integer)):
-            if len(extra) != 1:
-                raise DetectorInputError(f"{name}={position} is one index but the activations "
-                                         f"have extra dims {extra}; pass a {{dim: index}} dict.")
-            if not -acts.sizes[extra[0]] <= int(position) < acts.sizes[extra[0]]:
-                raise DetectorInputError(f"{name}={position} is out of range for "
-                                         f"{extra[0]} of size {acts.sizes[extra[0]]}.")
-            acts = acts.isel({extra[0]: int(position)})
+                    f"coordinate {name!r} has dims {m.dims}; a padding mask must be (sample, "
+                    "position), True / 1 at real tokens.")
+            return name
+    if mask_coord and POSITION in acts.dims:
+        raise DetectorInputError(
+            f"mask coordinate {mask_coord!r} is not on the activations (coordinates: "
+            f"{[str(c) for c in acts.coords]}); pass an existing name or leave it None.")
+    return None
+
+
+def prepare(acts: xr.DataArray, mask_coord: str | None = None) -> xr.DataArray:
+    """What a detector holds, made ready for :mod:`polysdk.dims`.
+
+    Flat layout: the per-token ``sample`` and ``position`` coordinates in memory (a
+    store gives them lazily; dims groups by them). Padded layout: the padding mask under
+    dims' name ``attention_mask`` (from ``mask_coord``, else ``attention_mask``, else the
+    older ``mask``), in memory, boolean.
+    """
+    if is_flat(acts):
+        if SAMPLE not in acts.coords or acts.coords[SAMPLE].dims != (TOKEN,):
+            raise DetectorInputError(
+                "a flat token array (dims ('token', 'unit')) needs its per-token 'sample' "
+                "coordinate (which text each token belongs to); record it with Probe, which "
+                "adds it, or assign_coords(sample=('token', text_of_each_token)).")
+        new = {c: (TOKEN, np.asarray(acts.coords[c].values))
+               for c in (SAMPLE, POSITION) if c in acts.coords and acts.coords[c].dims == (TOKEN,)}
+        return acts.assign_coords(new)
+    name = _mask_name(acts, mask_coord)
+    if name is None:
+        return acts
+    m = np.asarray(acts.coords[name].transpose(SAMPLE, POSITION).values).astype(bool)
+    out = acts.assign_coords(attention_mask=((SAMPLE, POSITION), m))
+    if name != "attention_mask":
+        out = out.drop_vars(name)
+    return out
+
+
+def _mask(acts: xr.DataArray) -> np.ndarray:
+    """(sample, position) bool mask of a prepared padded array (all True without one)."""
+    if "attention_mask" in acts.coords:
+        return np.asarray(acts.coords["attention_mask"].transpose(SAMPLE, POSITION).values,
+                          dtype=bool)
+    return np.ones((acts.sizes[SAMPLE], acts.sizes[POSITION]), dtype=bool)
+
+
+def real_values(acts: xr.DataArray) -> xr.DataArray:
+    """The activations with padding set to 0: what the finite check reads (NaN written
+    at padding is no error; NaN at a real token is)."""
+    if not is_flat(acts) and "attention_mask" in acts.coords:
+        return acts.where(acts.coords["attention_mask"], 0.0)
+    return acts
+
+
+def _texts(acts: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat layout: (text ids sorted, each token's text index, tokens per text)."""
+    sample = np.asarray(acts.coords[SAMPLE].values)
+    texts, inverse, counts = np.unique(sample, return_inverse=True, return_counts=True)
+    return texts, inverse.reshape(-1), counts
+
+
+# --------------------------------------------------------------------------- selection
+def select(acts: xr.DataArray, position: Any, *, name: str = "position") -> xr.DataArray:
+    """One value per ``sample`` (a text in a text layout) and unit: ``(sample, unit)``.
+
+    ``position`` is a :class:`polysdk.dims.Selection` spec; dims applies it
+    (:func:`polysdk.dims.select_array`): padding never counts, ``0`` / ``-1`` are each
+    text's first / last real token. On the flat layout ``mean`` / ``max`` / ``sum`` run
+    here as one streaming pass over token chunks cut at text boundaries (xarray's
+    groupby without flox makes a task per text: 5 s of graph for 2000 texts).
+    ``acts`` must have gone through :func:`prepare`.
+    """
+    sel = dims.Selection.parse(position, name=name)
+    if sel.kind in ("mean", "sum") and acts.dtype != np.float64:
+        acts = acts.astype(np.float64)  # float32 sums drift by 1e-7: detectors rank on them
+    if is_flat(acts):
+        if sel.kind in ("mean", "max", "sum"):
+            return _reduce_texts(acts, sel.kind)
+        if sel.kind == "none":
+            raise ConfigError(f"{name}=None keeps every token, but this detector needs one value "
+                              f"per text here; pass {name}='mean', 'max' or a position (-1 = "
+                              "the last real token).")
+    elif "attention_mask" in acts.coords and POSITION in dims.extra_dims(acts.dims) and \
+            (sel.kind == "centre" or (sel.kind == "index" and not isinstance(sel.index, (int, list)))):
+        raise ConfigError(
+            f"{name}={position!r} would index padded positions, which differ from text to "
+            f"text; with padding choose {name}='mean', 'max' or a real-token position "
+            "(0 = each text's first real token, -1 its last).")
+    try:
+        return dims.select_array(acts, sel, name=name)
+    except SiteError as err:  # dims' message, in the detectors' error class
+        raise DetectorInputError(str(err)) from err
+
+
+def _text_bounds(sample: np.ndarray) -> np.ndarray:
+    """Start of every run of equal ``sample`` values, plus the end."""
+    change = np.flatnonzero(sample[1:] != sample[:-1]) + 1
+    return np.concatenate([[0], change, [sample.size]]).astype(np.int64)
+
+
+def _reduce_texts(acts: xr.DataArray, kind: str) -> xr.DataArray:
+    """Per-text ``mean`` / ``max`` / ``sum`` of a flat (token, unit) array, streaming."""
+    acts = acts.transpose(TOKEN, UNIT)
+    sample = np.asarray(acts.coords[SAMPLE].values)
+    bounds = _text_bounds(sample)
+    texts = sample[bounds[:-1]]
+    if np.unique(texts).size != texts.size:  # a text split in several runs: order by text
+        order = np.argsort(sample, kind="stable")
+        acts = acts.isel({TOKEN: order})
+        sample = sample[order]
+        bounds = _text_bounds(sample)
+        texts = sample[bounds[:-1]]
+    x = acts.data if isinstance(acts.data, da.Array) else da.from_array(
+        acts.data, chunks=(min(DEFAULT_CHUNK, acts.shape[0]), -1))
+    # chunk boundaries moved back to the start of the text they fall in
+    cuts = np.cumsum((0,) + x.chunks[0])
+    starts = bounds[:-1]
+    moved = np.unique(np.concatenate([[0], starts[np.searchsorted(starts, cuts[1:-1],
+                                                                    side="right") - 1],
+                                      [sample.size]]))
+    x = x.rechunk((tuple(np.diff(moved).tolist()), -1))
+    per_block = [bounds[(bounds >= lo) & (bounds < hi)] - lo for lo, hi in zip(moved[:-1], moved[1:])]
+
+    def block(b: np.ndarray, block_info: Any = None) -> np.ndarray:
+        local = per_block[block_info[0]["chunk-location"][0]]
+        b = np.asarray(b, dtype=np.float64)
+        if kind == "max":
+            return np.maximum.reduceat(b, local, axis=0)
+        total = np.add.reduceat(b, local, axis=0)
+        if kind == "sum":
+            return total
+        counts = np.diff(np.concatenate([local, [b.shape[0]]]))
+        return total / counts[:, None]
+
+    out = x.map_blocks(block, chunks=(tuple(len(p) for p in per_block), x.chunks[1]),
+                       dtype=np.float64)
+    coords: dict[str, Any] = {SAMPLE: texts}
+    if UNIT in acts.coords:
+        coords[UNIT] = acts.coords[UNIT].values
+    res = xr.DataArray(out, dims=(SAMPLE, UNIT), coords=coords, name=acts.name, attrs=acts.attrs)
+    if np.any(np.diff(texts) < 0):
+        res = res.isel({SAMPLE: np.argsort(texts, kind="stable")})
+    return res
+
+
+def to_tokens(acts: xr.DataArray) -> xr.DataArray:
+    """The real tokens only, flat: ``(token, unit)`` with per-token ``sample`` (text id),
+    ``position`` (index among the text's real tokens) and every other coordinate carried
+    along (per-text ones repeated on each token). ``acts`` has gone through
+    :func:`prepare`; a flat array comes back as it is."""
+    if is_flat(acts):
+        return acts.transpose(TOKEN, UNIT)
+    if POSITION not in acts.dims or set(acts.dims) != {SAMPLE, POSITION, UNIT}:
+        raise DetectorInputError(
+            f"per-token rows need dims (sample, position, unit) or (token, unit); the "
+            f"activations have {acts.dims}.")
+    m = _mask(acts)
+    rows, cols = np.nonzero(m)
+    order = (np.cumsum(m, 1) - 1)[rows, cols]
+    a = acts.transpose(SAMPLE, POSITION, UNIT)
+    x = a.data if isinstance(a.data, da.Array) else da.from_array(a.data)
+    x = x.rechunk({1: -1}).reshape(-1, x.shape[2])[rows * m.shape[1] + cols]
+    sample_ids = np.asarray(acts.coords[SAMPLE].values) if SAMPLE in acts.coords \
+        else np.arange(m.shape[0])
+    coords: dict[str, Any] = {SAMPLE: (TOKEN, sample_ids[rows]), POSITION: (TOKEN, order)}
+    for name, c in acts.coords.items():
+        if name in (SAMPLE, POSITION, "attention_mask"):
+            continue
+        if c.dims == (UNIT,):
+            coords[name] = c
+        elif c.dims == (SAMPLE,):
+            coords[name] = (TOKEN, np.asarray(c.values)[rows])
+        elif set(c.dims) == {SAMPLE, POSITION}:
+            coords[name] = (TOKEN, np.asarray(c.transpose(SAMPLE, POSITION).values)[rows, cols])
+    return xr.DataArray(x, dims=(TOKEN, UNIT), coords=coords, name=acts.name, attrs=acts.attrs)
+
+
+def token_values(acts: xr.DataArray, values: xr.DataArray) -> np.ndarray:
+    """A coordinate or label along ``token``, ``(sample, position)`` or ``sample``, as one
+    value per real token (the order of :func:`to_tokens`)."""
+    v = values
+    if is_flat(acts):
+        if v.dims == (TOKEN,):
+            return np.asarray(v.values)
+        if v.dims == (SAMPLE,):  # one per text, in sorted text order
+            _, inverse, _ = _texts(acts)
+            return np.asarray(v.values)[inverse]
+    else:
+        m = _mask(acts) if POSITION in acts.dims else None
+        if set(v.dims) == {SAMPLE, POSITION}:
+            return np.asarray(v.transpose(SAMPLE, POSITION).values)[m]
+        if v.dims == (SAMPLE,):
+            rows = np.nonzero(m)[0] if m is not None else np.arange(v.size)
+            return np.asarray(v.values)[rows]
+    raise DetectorInputError(f"labels with dims {v.dims} do not fit activations with dims "
+                             f"{acts.dims}; give one label per text or per token.")
+
+
+def _varies(acts: xr.DataArray, values: xr.DataArray) -> bool:
+    """True when a per-token label or coordinate differs between tokens of one text."""
+    if values.dims == (SAMPLE,):
+        return False
+    v = token_values(acts, values)
+    text = _texts(acts)[1] if is_flat(acts) else np.nonzero(_mask(acts))[0]
+    if v.size == 0:
+        return False
+    order = np.argsort(text, kind="stable")
+    t, v = text[order], v[order]
+    same_text = t[1:] == t[:-1]
+    return bool(np.any(same_text & (v[1:] != v[:-1])))
+
+
+def text_labels(acts: xr.DataArray, labels: xr.DataArray, *, what: str = "labels") -> np.ndarray:
+    """One label per text (the rows of :func:`select`), from per-text or per-token
+    labels; raises when a text's tokens carry different labels."""
+    if labels.dims == (SAMPLE,):
+        return np.asarray(labels.values)
+    if _varies(acts, labels):
+        raise DetectorInputError(
+            f"the {what} differ between tokens of one text, but one value per text is needed "
+            f"here; give one {what[:-1] if what.endswith('s') else what} per text (a per-text "
+            "coordinate), or count tokens (per='token' where the detector offers it).")
+    v = token_values(acts, labels)
+    if is_flat(acts):
+        _, inverse, _ = _texts(acts)
+        first = np.unique(inverse, return_index=True)[1]
+        return v[first]
+    rows = np.nonzero(_mask(acts))[0]
+    first = np.unique(rows, return_index=True)[1]
+    if first.size != acts.sizes[SAMPLE]:
+        raise DetectorInputError("some texts have no real token; drop them or fix the mask.")
+    return v[first]
+
+
+def rows_for(acts: xr.DataArray, labels: xr.DataArray | None, position: Any, per: str, *,
+             name: str = "position") -> tuple[xr.DataArray, np.ndarray | None, str]:
+    """The rows a label-counting detector reads: ``(a, label_values, per)``.
+
+    ``a`` is ``(sample, unit)`` where a row is a text (its tokens reduced by
+    ``position``) or, with ``per="token"``, one real token (``position`` unused).
+    ``per="auto"``: tokens when the labels differ between tokens of one text
+    (token-level labels), else texts. Non-text activations: one row per sample.
+    """
+    if per not in PER:
+        raise ConfigError(f"per={per!r} must be one of {PER}.")
+    if not is_text(acts):
+        if per == "token":
+            raise DetectorInputError(
+                f"per='token' needs per-token activations (dims (token, unit) or (sample, "
+                f"position, unit)); these have {acts.dims}. Leave per='auto'.")
+        return select(acts, position, name=name), \
+            None if labels is None else np.asarray(labels.values), "text"
+    if per == "auto":
+        per = "token" if labels is not None and _varies(acts, labels) else "text"
+    if per == "text":
+        lab = None if labels is None else text_labels(acts, labels)
+        return select(acts, position, name=name), lab, "text"
+    tok = to_tokens(acts)
+    lab = None if labels is None else token_values(acts, labels)
+    a = tok.drop_vars([c for c in tok.coords if c != UNIT]).rename({TOKEN: SAMPLE})
+    return a.transpose(SAMPLE, UNIT), lab, "token"
+
+
+# --------------------------------------------------------------------------- Detector mixin
+class TokenInput:
+    """Lets a detector's ``fit`` take the flat token layout and per-token labels.
+
+    The base class checks for a ``sample`` dim and per-sample labels; this mixin (put
+    before ``Detector`` in the bases) also accepts dims (``token``, ``unit``) with a
+    per-token ``sample`` coordinate, and labels along ``token`` or (``sample``,
+    ``position``): a coordinate, or an array of one label per token or per text.
+    """
+
+    def _check_dims(self, acts: xr.DataArray) -> None:
+        if not is_flat(acts):
+            super()._check_dims(acts)  # type: ignore[misc]
+            return
+        name = type(self).__name__
+        bad = [d for d in acts.dims if d not in (TOKEN, UNIT)]
+        if UNIT not in acts.dims or bad:
+            raise DetectorInputError(
+                f"{name} reads a flat token array as dims ('token', 'unit'); these activations "
+                f"have dims {acts.dims}. Name the neuron axis 'unit' and reduce the others.")
+        prepare(acts)  # the per-token sample coordinate is there
+        if acts.sizes[TOKEN] == 0 or acts.sizes[UNIT] == 0:
+            raise DetectorInputError(f"the activations are empty (sizes {dict(acts.sizes)}); "
+                                     "record some texts first.")
+
+    def _resolve_labels(self, acts: xr.DataArray, labels: Any) -> xr.DataArray | None:
+        flat = is_flat(acts)
+        coord = getattr(self, "label_coord", "label")
+        token_dims = [(TOKEN,)] if flat else [(SAMPLE, POSITION), (POSITION, SAMPLE)]
+        if labels is None:
+            c = acts.coords.get(coord)
+            if c is not None and (c.dims in token_dims or (flat and c.dims == (SAMPLE,))):
+                lab = c
+            elif not flat:
+                return super()._resolve_labels(acts, labels)  # type: ignore[misc]
+            elif getattr(self, "needs_labels", False):
+                per_token = [str(k) for k, v in acts.coords.items()
+                             if v.dims == (TOKEN,) and k not in (SAMPLE, POSITION, TOKEN)]
+                raise DetectorInputError(
+                    f"{type(self).__name__} needs labels but none were given and the token "
+                    f"array has no '{coord}' coordinate (per-token coordinates: "
+                    f"{per_token or 'none'}). Pass fit(acts, labels=...) with one label per "
+                    "token or per text, or a coordinate name.")
+            else:
+                return None
+        elif isinstance(labels, str):
+            if not flat:
+                return super()._resolve_labels(acts, labels)  # type: ignore[misc]
+            if labels not in acts.coords:
+                raise DetectorInputError(
+                    f"labels={labels!r} is not a coordinate of the activations (coordinates: "
+                    f"{[str(c) for c in acts.coords]}); pass an existing coordinate name or "
+                    "an array of labels.")
+            lab = acts.coords[labels]
         else:
-            raise ConfigError(f"{name}={position!r} is not understood; use 'centre', 'max', "
-                              "'mean', an int or a {dim: index} dict.")
-    return acts.transpose("sample", "unit")
+            arr = labels.values if isinstance(labels, xr.DataArray) else np.asarray(labels)
+            if flat:
+                n_tok = acts.sizes[TOKEN]
+                texts = np.unique(np.asarray(acts.coords[SAMPLE].values))
+                if arr.ndim == 1 and arr.shape[0] == n_tok:
+                    lab = xr.DataArray(arr, dims=(TOKEN,))
+                elif arr.ndim == 1 and arr.shape[0] == texts.size:
+                    lab = xr.DataArray(arr, dims=(SAMPLE,), coords={SAMPLE: texts})
+                else:
+                    raise DetectorInputError(
+                        f"labels have shape {arr.shape} but the token array holds {n_tok} "
+                        f"tokens of {texts.size} texts; pass one label per token (shape "
+                        f"({n_tok},)) or per text (shape ({texts.size},), in text order).")
+            elif arr.ndim == 2 and POSITION in acts.dims and \
+                    arr.shape == (acts.sizes[SAMPLE], acts.sizes[POSITION]):
+                lab = xr.DataArray(arr, dims=(SAMPLE, POSITION))
+            else:
+                return super()._resolve_labels(acts, labels)  # type: ignore[misc]
+        lab = lab.compute() if hasattr(lab.data, "dask") else lab
+        if lab.dims == (SAMPLE,) and lab.dtype.kind == "f" and bool(np.isnan(lab.values).any()):
+            raise DetectorInputError(f"{int(np.isnan(lab.values).sum())} labels are NaN; give "
+                                     "every text a label or drop the unlabelled ones.")
+        return lab
 
 
-def label_codes(labels: xr.DataArray, classes: Sequence[Any] | None = None
+# --------------------------------------------------------------------------- reductions
+def label_codes(labels: Any, classes: Sequence[Any] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes (``-1`` = not among ``classes``) and the class values."""
-    values = np.asarray(labels.values)
+    values = np.asarray(labels.values if isinstance(labels, xr.DataArray) else labels)
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        raise DetectorInputError(f"{int(np.isnan(values).sum())} labels of real tokens are "
+                                 "NaN; give every token a label or drop them.")
     if classes is None:
         uniq = np.unique(values)
     else:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from polysdk.detect._stream import as_dask, grouped_sum, label_codes, select_position
+from polysdk.detect._stream import (TokenInput, as_dask, grouped_sum, label_codes, prepare,
+                                    real_values, rows_for)
 from polysdk.detect.base import Detector, register
 from polysdk.errors import ConfigError
 
@@ -17,7 +18,7 @@ __all__ = ["ClassSelectivity"]
 
 
 @register("class_selectivity")
-class ClassSelectivity(Detector):
+class ClassSelectivity(TokenInput, Detector):
     """Firing-rate class selectivity (seed 001).
 
     A unit *fires* on an input when its activation is ``> threshold`` (0, as the seed);
@@ -25,6 +26,17 @@ class ClassSelectivity(Detector):
     firing rate on the class is ``>= min_rate`` (0 by default: any firing counts, the
     seed's definition); it is polysemantic when it fires for ``min_classes`` (2) or
     more classes. Streams over the samples: only (class, unit) counts are kept.
+
+    Text: per-token activations come flat (dims ``token``, ``unit`` with a per-token
+    ``sample`` coordinate) or padded (``sample``, ``position``, ``unit``) with an
+    ``attention_mask`` (or ``mask``) coordinate; padding never counts. What an "input"
+    is follows the labels (``per="auto"``): with one label per text (a per-sample
+    coordinate, or a per-token one that is the same on all of a text's tokens) an input
+    is a text, reduced over its real tokens by ``position`` (``"max"``: the unit fires
+    somewhere in the text); with token-level labels (a ``label`` along ``token`` or
+    (``sample``, ``position``) that changes inside a text, e.g. entity tags) an input is
+    one real token and ``position`` is not used. ``per="text"`` / ``"token"`` choose
+    explicitly; ``per="text"`` with labels that change inside a text raises.
 
     Parameters
     ----------
@@ -39,13 +51,18 @@ class ClassSelectivity(Detector):
         fires anywhere), ``"mean"``, ``"centre"``, an index or ``{dim: index}``.
     classes : sequence or None
         Restrict to these label values (default: every label present).
+    per : {"auto", "text", "token"}
+        On text activations: count texts or real tokens (see above; ``"auto"`` follows
+        the labels).
 
     Attributes
     ----------
     result_ : xr.Dataset
         ``firing_rate`` (unit, class) (the seed's Fig. 1), ``fire_count`` (unit, class),
         ``class_count`` (class), ``fires_for`` (unit, class), ``n_classes`` (unit),
-        ``score`` (the ``min_classes``-th highest firing rate) and ``polysemantic``.
+        ``score`` (the ``min_classes``-th highest firing rate) and ``polysemantic``;
+        attribute ``per`` says whether texts or tokens were counted (``class_count``
+        counts those).
 
     Examples
     --------
@@ -60,12 +77,14 @@ class ClassSelectivity(Detector):
     _checks_finite_itself = True
 
     def __init__(self, threshold: float = 0.0, min_rate: float = 0.0, min_classes: int = 2,
-                 position: Any = "max", classes: Sequence[Any] | None = None):
+                 position: Any = "max", classes: Sequence[Any] | None = None,
+                 per: str = "auto"):
         self.threshold = threshold
         self.min_rate = min_rate
         self.min_classes = min_classes
         self.position = position
         self.classes = classes
+        self.per = per
 
     def _validate(self) -> None:
         if not 0.0 <= float(self.min_rate) <= 1.0:
@@ -76,12 +95,12 @@ class ClassSelectivity(Detector):
     def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None,
                 **_: Any) -> xr.Dataset:
         self._validate()
-        acts = as_dask(activations)
-        a = select_position(acts, self.position)
-        codes, classes = label_codes(labels, self.classes)
+        acts = prepare(as_dask(activations))
+        a, lab, per = rows_for(acts, labels, self.position, self.per)
+        codes, classes = label_codes(lab, self.classes)
         fire = (a.data > self.threshold).astype(np.float64)
         counts_lazy = grouped_sum(fire, codes, len(classes))
-        (counts,) = self.check_finite(acts, extra=[counts_lazy])
+        (counts,) = self.check_finite(real_values(acts), extra=[counts_lazy])
         counts = np.asarray(counts).T  # (unit, class)
         class_count = np.bincount(codes[codes >= 0], minlength=len(classes)).astype(float)
         rate = counts / class_count[None, :]
@@ -104,4 +123,5 @@ class ClassSelectivity(Detector):
                 "class_count": ("class", class_count.astype(np.int64)),
             },
             coords={"class": cls},
+            attrs={"per": per},
         )

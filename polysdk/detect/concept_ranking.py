@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from polysdk.detect._stream import as_dask, grouped_sum, label_codes, select_position
+from polysdk.detect._stream import (TokenInput, as_dask, grouped_sum, label_codes, prepare,
+                                    real_values, rows_for)
 from polysdk.detect.base import Detector, register
 from polysdk.errors import ConfigError, DetectorInputError
 
@@ -45,12 +46,22 @@ def weight_mass_selection(weights: np.ndarray, mass: float) -> np.ndarray:
 
 
 @register("concept_ranking")
-class ConceptRanking(Detector):
+class ConceptRanking(TokenInput, Detector):
     """Per-concept unit ranking (seed 004).
 
     Input: activations (``sample``, ``unit``), one sample per token (or per example),
     with a per-sample concept label (``label`` coordinate or ``labels=``). Extra dims
     are reduced by ``position`` (default ``"mean"``: NeuroX averages sub-word tokens).
+
+    Text: per-token activations come flat (dims ``token``, ``unit`` with a per-token
+    ``sample`` coordinate) or padded (``sample``, ``position``, ``unit``) with an
+    ``attention_mask`` (or ``mask``) coordinate; padding never counts. With token-level
+    labels (a ``label`` along ``token`` or (``sample``, ``position``) that changes
+    inside a text: the seed's location / other tags) every real token is a sample and
+    ``position`` is not used; with one label per text each text is a sample, its real
+    tokens reduced by ``position``. ``per="auto"`` (default) follows the labels this
+    way; ``per="token"`` / ``"text"`` choose explicitly, and ``per="text"`` with labels
+    that change inside a text raises.
 
     ``method="mean_diff"`` (default; what the seed's released results used): a unit's
     score for concept ``c`` is ``|mean on c - mean on the rest|``, computed in one
@@ -72,7 +83,8 @@ class ConceptRanking(Detector):
         ``concept_score`` (unit, concept), ``concept_rank`` (1 = best), ``top``,
         ``saliency``; ``n_concepts``; ``score`` (the number of concepts a unit is a top
         unit of); ``polysemantic``; and ``mean_on`` / ``mean_off`` (mean_diff) or
-        ``weight`` and the ``probe_accuracy`` attribute (probe).
+        ``weight`` and the ``probe_accuracy`` attribute (probe); attribute ``per``: whether
+        texts or tokens were the samples.
 
     Examples
     --------
@@ -91,7 +103,7 @@ class ConceptRanking(Detector):
                  concepts: Sequence[Any] | None = None, min_concepts: int = 2,
                  position: Any = "mean", saliency_block: int = 100, C: float = 1.0,
                  l1_ratio: float = 0.5, max_iter: int = 200, probe_solver: str = "saga",
-                 standardize: bool = True, random_state: int = 0):
+                 standardize: bool = True, random_state: int = 0, per: str = "auto"):
         self.method = method
         self.top_n = top_n
         self.mass = mass
@@ -105,6 +117,7 @@ class ConceptRanking(Detector):
         self.probe_solver = probe_solver
         self.standardize = standardize
         self.random_state = random_state
+        self.per = per
 
     def _validate(self, n_units: int) -> None:
         if self.method not in ("mean_diff", "probe"):
@@ -121,11 +134,11 @@ class ConceptRanking(Detector):
 
     def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None,
                 **_: Any) -> xr.Dataset:
-        acts = as_dask(activations)
-        a = select_position(acts, self.position)
+        acts = prepare(as_dask(activations))
+        a, lab, per = rows_for(acts, labels, self.position, self.per)
         n_units = a.sizes["unit"]
         self._validate(n_units)
-        codes, all_labels = label_codes(labels)
+        codes, all_labels = label_codes(lab)
         if len(all_labels) < 2:
             raise DetectorInputError(f"all samples carry the one label {all_labels.tolist()}; a "
                                      "concept ranking needs at least two labels.")
@@ -139,7 +152,7 @@ class ConceptRanking(Detector):
         extra: dict[str, Any] = {}
         if self.method == "mean_diff":
             sums_lazy = grouped_sum(a.data, codes, len(all_labels))
-            (sums,) = self.check_finite(acts, extra=[sums_lazy])
+            (sums,) = self.check_finite(real_values(acts), extra=[sums_lazy])
             counts = np.bincount(codes, minlength=len(all_labels)).astype(float)
             sums = np.asarray(sums)
             total, n = sums.sum(0), counts.sum()
@@ -154,7 +167,7 @@ class ConceptRanking(Detector):
             top = rank <= int(self.top_n)
             attrs: dict[str, Any] = {}
         else:
-            self.check_finite(acts)
+            self.check_finite(real_values(acts))
             weights, acc = self._probe(a, codes, len(all_labels))
             w = np.abs(weights[cidx] if weights.shape[0] > 1 else
                        np.repeat(weights, len(cidx), axis=0))
@@ -177,7 +190,7 @@ class ConceptRanking(Detector):
             "saliency": (("unit", "concept"),
                          concept_saliency(rank, n_units, int(self.saliency_block))),
             **extra,
-        }, coords={"concept": np.asarray(concepts)}, attrs=attrs)
+        }, coords={"concept": np.asarray(concepts)}, attrs={**attrs, "per": per})
         return ds
 
     def _probe(self, a: xr.DataArray, codes: np.ndarray, n_labels: int

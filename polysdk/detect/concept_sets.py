@@ -12,7 +12,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from polysdk.detect._stream import as_dask, grouped_sum, label_codes
+from polysdk.detect._stream import (TOKEN_COORDS, TokenInput, as_dask, grouped_sum, is_flat,
+                                    label_codes, prepare, real_values, select, text_labels,
+                                    token_values)
 from polysdk.detect.base import Detector, register
 from polysdk.errors import ConfigError, DetectorInputError
 
@@ -20,7 +22,7 @@ __all__ = ["ConceptSets"]
 
 
 @register("concept_sets")
-class ConceptSets(Detector):
+class ConceptSets(TokenInput, Detector):
     """Concept-set activity from per-token activations (seed 003).
 
     Input: a DataArray (``sample``, ``position``, ``unit``), one sample per text, with a
@@ -67,7 +69,7 @@ class ConceptSets(Detector):
     def __init__(self, top_n: int = 100, threshold: float | None = None,
                  aggregate: str = "mean", min_sets: int = 2, exactly: int | None = None,
                  sets: Sequence[str] | None = None, set_coord: str = "concept",
-                 token_coord: str = "token", mask_coord: str = "mask",
+                 token_coord: str | None = None, mask_coord: str | None = None,
                  shallow_share: float = 0.5, exclude_shallow: bool = False,
                  keep_tokens: bool = True):
         self.top_n = top_n
@@ -96,8 +98,10 @@ class ConceptSets(Detector):
         Uses :class:`polysdk.probe.Probe` (in memory). ``tokenizer(texts,
         return_tensors="pt", padding=True)`` must return ``input_ids`` and
         ``attention_mask`` (Hugging Face style); the model is called with both. Returns
-        the (sample, position, unit) DataArray :meth:`fit` expects, with coords
-        ``concept``, ``token`` (strings when the tokenizer can convert ids) and ``mask``.
+        the per-token DataArray :meth:`fit` expects: padded (sample, position, unit) with
+        coords ``concept``, ``token`` (strings when the tokenizer can convert ids) and
+        ``attention_mask``, or the flat token layout when Probe records one (``token_str``
+        then holds the strings).
         """
         from polysdk.probe import Probe
 
@@ -118,25 +122,34 @@ class ConceptSets(Detector):
         enc = tokenizer(texts, **kw)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         labels = np.asarray(names)
+        rows = np.arange(len(texts))  # the batch carries row numbers, not strings
         batches = [{"input_ids": ids[s: s + batch_size], "attention_mask": mask[s: s + batch_size],
-                    "_set": labels[s: s + batch_size]} for s in range(0, len(texts), batch_size)]
+                    "_row": rows[s: s + batch_size]} for s in range(0, len(texts), batch_size)]
 
         def forward(m: Any, b: Mapping[str, Any]) -> Any:
             return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
 
         def coords(b: Mapping[str, Any]) -> dict[str, Any]:
-            return {"concept": b["_set"], "mask": b["attention_mask"].bool()}
+            return {"concept": labels[np.asarray(b["_row"])]}
 
         out = Probe(model, site, reduce="none").run(batches, forward=forward, coords=coords,
                                                     progress=False)
         acts = next(iter(out.values()))
+        convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+        if "token" in acts.dims:  # the flat token layout: padding is not there
+            if "token_id" in acts.coords and convert is not None:
+                strings = np.asarray(convert(np.asarray(acts["token_id"].values).tolist()))
+                acts = acts.assign_coords(token_str=("token", strings))
+            return acts
         if "position" not in acts.dims:
             raise DetectorInputError(f"site {site!r} gave dims {acts.dims}, with no 'position'; "
                                      "choose a site with per-token outputs.")
         tok = np.asarray(ids)
-        if hasattr(tokenizer, "convert_ids_to_tokens"):
-            tok = np.array([tokenizer.convert_ids_to_tokens(r) for r in tok.tolist()])
-        return acts.assign_coords(token=(("sample", "position"), tok))
+        if convert is not None:
+            tok = np.array([convert(r) for r in tok.tolist()])
+        return acts.assign_coords(token=(("sample", "position"), tok),
+                                  attention_mask=(("sample", "position"),
+                                                  np.asarray(mask).astype(bool)))
 
     # ------------------------------------------------------------------ fit
     def _validate(self) -> None:
@@ -153,32 +166,33 @@ class ConceptSets(Detector):
                 **_: Any) -> xr.Dataset:
         self._validate()
         acts = as_dask(activations)
-        if "position" not in acts.dims:
-            acts = acts.expand_dims(position=1)
-        acts = acts.transpose("sample", "position", "unit")
+        if not is_flat(acts) and "position" not in acts.dims:
+            acts = acts.expand_dims(position=1, axis=1)  # one token per text
+        acts = prepare(acts, self.mask_coord)
+        flat = is_flat(acts)
+        if not flat:
+            acts = acts.transpose("sample", "position", "unit")
         n_units = acts.sizes["unit"]
+        set_of_text = text_labels(acts, labels, what="concept labels")
         if self.sets is not None:
-            present = set(np.asarray(labels.values).tolist())
+            present = set(set_of_text.tolist())
             empty = [s for s in self.sets if s not in present]
             if empty:
                 raise DetectorInputError(
                     f"concept set(s) {empty} have no texts in the activations (sets present: "
                     f"{sorted(present)}); record texts for them or drop them from sets=.")
-        codes, set_names = label_codes(labels, self.sets)
+        codes, set_names = label_codes(set_of_text, self.sets)
         if self.threshold is None and int(self.top_n) > n_units:
             raise DetectorInputError(f"top_n={self.top_n} but the site has only {n_units} "
                                      f"units; pass top_n<={n_units}.")
-        mask = self._mask(acts)
-        length = mask.sum(1)
+        # the real tokens: each one's text (row of text_mean), position and type
+        text, position, types = self._real_tokens(acts)
+        length = np.bincount(text, minlength=len(set_of_text))
         if (length == 0).any():
             bad = np.flatnonzero(length == 0)[:5].tolist()
-            raise DetectorInputError(f"texts at samples {bad} have no unmasked tokens; drop them "
-                                     "or fix the mask coordinate.")
-        m = da.from_array(mask.astype(np.float64), chunks=(acts.data.chunks[0], -1))
-        x = acts.data.rechunk({1: -1, 2: -1})  # whole texts per chunk (no-op if already)
-        m = m.rechunk((x.chunks[0], -1))
-        masked = da.where(m[:, :, None] > 0, x.astype(np.float64), 0.0)
-        text_mean = masked.sum(1) / length[:, None]  # (sample, unit)
+            raise DetectorInputError(f"texts at samples {bad} have no real tokens; drop them "
+                                     "or fix the attention mask.")
+        text_mean = select(acts, "mean").data  # (text, unit), over real tokens only
         n_sets = len(set_names)
         n_texts = np.bincount(codes[codes >= 0], minlength=n_sets).astype(float)
         if self.aggregate == "mean":
@@ -187,7 +201,7 @@ class ConceptSets(Detector):
             c = da.from_array(codes, chunks=(text_mean.chunks[0],))
             agg = da.stack([da.where((c == s)[:, None], text_mean, -np.inf).max(0)
                             for s in range(n_sets)])
-        (set_act,) = self.check_finite(acts, extra=[agg])
+        (set_act,) = self.check_finite(real_values(acts), extra=[agg])
         set_act = np.asarray(set_act, dtype=np.float64)
         if self.aggregate == "mean":
             set_act = set_act / n_texts[:, None]
@@ -199,29 +213,28 @@ class ConceptSets(Detector):
             active = rank <= int(self.top_n)
         else:
             active = set_act > float(self.threshold)
-        # ---- token check for every unit active somewhere
+        # ---- token check for every unit active somewhere (real tokens only)
         sel = np.flatnonzero(active.any(1))
         top_token = np.full((n_units, n_sets), "", dtype=object)
         share = np.full((n_units, n_sets), np.nan)
-        tokens = self._tokens(acts)
-        sub = None
+        vals = None
         if sel.size:
-            (sub,) = self._compute(x[:, :, sel])
-            sub = np.where(mask[:, :, None], np.asarray(sub, dtype=np.float64), 0.0)
-            types, tok_codes = np.unique(tokens, return_inverse=True)
-            tok_codes = tok_codes.reshape(tokens.shape)
+            vals = self._token_values(acts, sel)  # (real token, len(sel))
+            type_names, tok_codes = np.unique(types, return_inverse=True)
+            tok_codes = tok_codes.reshape(-1)
+            tok_set = codes[text]
             for s in range(n_sets):
-                rows = np.flatnonzero(codes == s)
-                w = (mask[rows] / length[rows, None] / len(rows)).ravel()  # per position
-                tc = tok_codes[rows].ravel()
-                vals = sub[rows].reshape(-1, sel.size)
+                rows = np.flatnonzero(tok_set == s)
+                w = 1.0 / length[text[rows]] / n_texts[s]  # each text weighs the same
+                tc = tok_codes[rows]
                 for j, u in enumerate(sel):
-                    contrib = np.bincount(tc, weights=vals[:, j] * w, minlength=len(types))
+                    contrib = np.bincount(tc, weights=vals[rows, j] * w,
+                                          minlength=len(type_names))
                     pos = np.clip(contrib, 0.0, None)
                     total = pos.sum()
                     if total > 0:
                         best = int(np.argmax(pos))
-                        top_token[u, s] = str(types[best])
+                        top_token[u, s] = str(type_names[best])
                         share[u, s] = pos[best] / total
         shallow = active & (np.nan_to_num(share, nan=0.0) >= float(self.shallow_share))
         counted = active & ~shallow if self.exclude_shallow else active
@@ -242,35 +255,70 @@ class ConceptSets(Detector):
             "shallow": (("unit", "set"), shallow),
             "texts_per_set": ("set", n_texts.astype(np.int64)),
         }, coords={"set": np.asarray(set_names)})
-        if self.keep_tokens and sub is not None and poly.any():
+        if self.keep_tokens and vals is not None and poly.any():
             keep = np.flatnonzero(poly)
             cols = np.searchsorted(sel, keep)
             unit_vals = acts["unit"].values[keep] if "unit" in acts.coords else keep
+            width = int(position.max()) + 1
+            heat = np.full((len(set_of_text), width, keep.size), np.nan)
+            heat[text, position] = vals[:, cols]
+            tok = np.full((len(set_of_text), width), "", dtype=object)
+            tok[text, position] = np.asarray(types).astype(str)
             ds["token_activation"] = xr.DataArray(
-                np.where(mask[:, :, None], sub[:, :, cols], np.nan),
-                dims=("sample", "position", "poly_unit"),
-                coords={"poly_unit": unit_vals,
-                        "text_set": ("sample", np.asarray(labels.values)),
-                        "token": (("sample", "position"), tokens.astype(str))})
+                heat, dims=("sample", "position", "poly_unit"),
+                coords={"poly_unit": unit_vals, "text_set": ("sample", set_of_text),
+                        "token": (("sample", "position"), tok.astype(str))})
         return ds
 
-    def _mask(self, acts: xr.DataArray) -> np.ndarray:
-        if self.mask_coord in acts.coords:
-            m = acts.coords[self.mask_coord]
-            if set(m.dims) != {"sample", "position"}:
-                raise DetectorInputError(f"coordinate {self.mask_coord!r} has dims {m.dims}; "
-                                         "it must be (sample, position).")
-            return np.asarray(m.transpose("sample", "position").values, dtype=bool)
-        return np.ones((acts.sizes["sample"], acts.sizes["position"]), dtype=bool)
+    def _real_tokens(self, acts: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per real token: its text (row of the per-text reduction, texts in ``sample``
+        order), its position among the text's real tokens, and its type."""
+        if is_flat(acts):
+            sample = np.asarray(acts.coords["sample"].values)
+            _, text = np.unique(sample, return_inverse=True)
+            text = text.reshape(-1)
+            if "position" in acts.coords:
+                position = np.asarray(acts.coords["position"].values).astype(np.int64)
+            else:  # index among the text's tokens, in storage order
+                order = np.argsort(text, kind="stable")
+                position = np.empty_like(text)
+                start = np.searchsorted(text[order], text[order])
+                position[order] = np.arange(text.size) - start
+        else:
+            mask = np.asarray(acts.coords["attention_mask"].values, dtype=bool) \
+                if "attention_mask" in acts.coords else \
+                np.ones((acts.sizes["sample"], acts.sizes["position"]), dtype=bool)
+            text, _ = np.nonzero(mask)
+            position = (np.cumsum(mask, 1) - 1)[mask]
+        name = self._token_name(acts)
+        if name is None:  # no tokens recorded: every position is its own "type"
+            types = position.astype(str)
+        else:
+            types = token_values(acts, acts.coords[name])
+        return text.astype(np.int64), position.astype(np.int64), np.asarray(types)
 
-    def _tokens(self, acts: xr.DataArray) -> np.ndarray:
-        if self.token_coord in acts.coords:
-            t = acts.coords[self.token_coord]
-            if set(t.dims) == {"sample", "position"}:
-                return np.asarray(t.transpose("sample", "position").values)
-        # no tokens recorded: every position is its own "type"
-        return np.broadcast_to(np.arange(acts.sizes["position"]).astype(str)[None, :],
-                               (acts.sizes["sample"], acts.sizes["position"]))
+    def _token_name(self, acts: xr.DataArray) -> str | None:
+        names = (self.token_coord,) if self.token_coord else TOKEN_COORDS
+        want = [("token",)] if is_flat(acts) else [("sample", "position"), ("position", "sample")]
+        for name in names:
+            if name in acts.coords and acts.coords[name].dims in want and name not in acts.dims:
+                return name
+        if self.token_coord:
+            raise DetectorInputError(
+                f"token_coord={self.token_coord!r} is not a per-token coordinate of the "
+                f"activations (coordinates: {[str(c) for c in acts.coords]}); pass the name "
+                "of the token ids / strings, or None to look for 'token' / 'token_id'.")
+        return None
+
+    def _token_values(self, acts: xr.DataArray, units: np.ndarray) -> np.ndarray:
+        """(real token, unit) activations of ``units``, in :meth:`_real_tokens` order."""
+        if is_flat(acts):
+            (sub,) = self._compute(acts.transpose("token", "unit").data[:, units])
+            return np.asarray(sub, dtype=np.float64)
+        (sub,) = self._compute(acts.data[:, :, units])
+        mask = np.asarray(acts.coords["attention_mask"].values, dtype=bool) \
+            if "attention_mask" in acts.coords else np.ones(sub.shape[:2], dtype=bool)
+        return np.asarray(sub, dtype=np.float64)[mask]
 
     # ------------------------------------------------------------------ views
     def heatmap(self, unit: int) -> xr.DataArray:

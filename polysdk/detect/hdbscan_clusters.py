@@ -13,7 +13,9 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from polysdk.detect._stream import as_dask, select_position, top_k_indices
+from polysdk import dims
+from polysdk.detect._stream import (TokenInput, as_dask, is_text, prepare, real_values, select,
+                                    text_labels, to_tokens, token_values, top_k_indices)
 from polysdk.detect.base import Detector, register
 from polysdk.errors import ConfigError, DetectorInputError
 
@@ -61,16 +63,21 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
 
 
 @register("hdbscan")
-class HDBSCANClusters(Detector):
+class HDBSCANClusters(TokenInput, Detector):
     """Top-k inputs of each unit, clustered with HDBSCAN (seed 000).
 
     Parameters
     ----------
     top_k : int
         Inputs per unit, ranked by the unit's activation (1000, as the seed).
-    position : str, int, dict
+    position : str, int, dict or None
         Where the ranking activation is read on a spatial site: ``"centre"`` (default,
-        the seed), ``"max"``, ``"mean"``, an index or ``{dim: index}``.
+        the seed), ``"max"``, ``"mean"``, an index or ``{dim: index}``. On text (flat
+        ``token`` layout, or padded with an ``attention_mask``) padding never counts:
+        ``"max"`` / ``"mean"`` over each text's real tokens, ``0`` / ``-1`` its first /
+        last real token (``"centre"`` of padded positions raises); ``None`` makes every
+        real token an input of its own (``top_index`` then counts real tokens in text
+        order, the rows of the flat layout).
     representation : {"layer", "site", "attribution"}
         What each top input is clustered by: ``"layer"`` the whole layer's activation
         vector at that position (the seed); ``"site"`` activations at another site,
@@ -145,15 +152,15 @@ class HDBSCANClusters(Detector):
     def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None, *,
                 represent: Any = None, model: Any = None, inputs: Any = None,
                 **_: Any) -> xr.Dataset:
-        n = activations.sizes["sample"]
+        acts = prepare(as_dask(activations))
+        a = self._rows(acts, self.position)
+        n = a.sizes["sample"]
         self._validate(n)
         k = int(self.top_k)
-        acts = as_dask(activations)
-        a = select_position(acts, self.position)
         rep = self._representation(a, represent, model, inputs, n)
         idx_lazy = top_k_indices(a.data, k)
         val_lazy = da.topk(a.data, k, axis=0)
-        idx, vals = self.check_finite(acts, extra=[idx_lazy, val_lazy])
+        idx, vals = self.check_finite(real_values(acts), extra=[idx_lazy, val_lazy])
         idx = np.asarray(idx).T  # (unit, rank)
         vals = np.asarray(vals).T
         n_units = idx.shape[0]
@@ -182,9 +189,32 @@ class HDBSCANClusters(Detector):
             "top_activation": (("unit", "rank"), vals.astype(np.float64)),
             "cluster": (("unit", "rank"), clusters),
         }, coords={"rank": np.arange(k)})
-        if labels is not None:
-            ds["top_label"] = (("unit", "rank"), np.asarray(labels.values)[idx])
+        row_labels = self._row_labels(acts, labels)
+        if row_labels is not None:
+            ds["top_label"] = (("unit", "rank"), row_labels[idx])
         return ds
+
+    def _rows(self, acts: xr.DataArray, position: Any) -> xr.DataArray:
+        """(sample, unit): one row per input (a sample or text; a real token when
+        ``position`` is None on text)."""
+        if position is None and is_text(acts):
+            tok = to_tokens(acts)
+            return tok.drop_vars([c for c in tok.coords if c != "unit"]).rename(
+                token="sample").transpose("sample", "unit")
+        return select(acts, position)
+
+    def _row_labels(self, acts: xr.DataArray, labels: xr.DataArray | None) -> np.ndarray | None:
+        """Labels per row of :meth:`_rows`; None when a text's tokens disagree."""
+        if labels is None:
+            return None
+        if not is_text(acts):
+            return np.asarray(labels.values)
+        if self.position is None:
+            return token_values(acts, labels)
+        try:
+            return text_labels(acts, labels)
+        except DetectorInputError:  # token-level labels, one input per text: no top_label
+            return None
 
     def _run(self, fn: Any, *args: Any) -> Any:
         """Call ``fn(*args)`` here, or as a task on the ``client`` when ``fit`` got one."""
@@ -204,19 +234,24 @@ class HDBSCANClusters(Detector):
                     "represent=store['<site>']).")
             if isinstance(represent, xr.Dataset):
                 represent = represent["activation"]
-            if not isinstance(represent, xr.DataArray) or "sample" not in represent.dims:
+            if not isinstance(represent, xr.DataArray) or not (
+                    "sample" in represent.dims or "token" in represent.dims):
                 raise DetectorInputError(
                     f"represent must be a DataArray with a 'sample' dim, got "
                     f"{type(represent).__name__} {getattr(represent, 'dims', '')}.")
-            if represent.sizes["sample"] != n:
-                raise DetectorInputError(
-                    f"represent has {represent.sizes['sample']} samples but the activations "
-                    f"have {n}; record both sites in the same run.")
             if "unit" not in represent.dims:
                 raise DetectorInputError(f"represent has dims {represent.dims}; it needs a "
                                          "'unit' dim.")
+            represent = prepare(as_dask(represent))
             pos = self.position if isinstance(self.position, str) else "mean"
-            return select_position(as_dask(represent), pos, name="position").data
+            if self.position is None and is_text(represent):
+                pos = None  # one row per real token, as the activations
+            rep = self._rows(represent, pos)
+            if rep.sizes["sample"] != n:
+                raise DetectorInputError(
+                    f"represent has {rep.sizes['sample']} samples but the activations "
+                    f"have {n}; record both sites in the same run.")
+            return rep.data
         if model is None or inputs is None or not self.attribution_site:
             raise DetectorInputError(
                 "representation='attribution' needs fit(acts, model=model, inputs=inputs) "
@@ -236,16 +271,25 @@ class HDBSCANClusters(Detector):
             raise DetectorInputError(
                 "representation='attribution' needs the model site of the activations; pass "
                 "target_site='features.6' (the activations carry no 'site' attribute).")
-        unit_axis = list(acts.dims).index("unit") - list(acts.dims).index("sample")
+        if is_text(acts):
+            raise DetectorInputError(
+                "representation='attribution' reads one input tensor per sample; it does not "
+                "take text activations. Use representation='layer' or 'site' on text.")
+        names = tuple(str(d) for d in acts.dims)
         out = np.empty((len(units), idx.shape[1]), dtype=np.int64)
         for j, u in enumerate(units):
-            rows = self._attribution_rows(model, inputs, idx[u], int(u), target, unit_axis)
+            rows = self._attribution_rows(model, inputs, idx[u], int(u), target, names)
             out[j] = _cluster(rows, np.arange(len(rows))[:, None],
                               int(self.min_cluster_size), params)[:, 0]
         return out
 
     def _attribution_rows(self, model: Any, inputs: Any, samples: np.ndarray, unit: int,
-                          target: str, unit_axis: int) -> np.ndarray:
+                          target: str, target_dims: tuple[str, ...] | None = None
+                          ) -> np.ndarray:
+        """Activation x gradient at ``attribution_site`` of ``unit``'s activation at
+        ``target`` (its ``position`` selection), summed over the early site's positions:
+        (len(samples), early units). ``target_dims``: the dims of the target tensor as
+        recorded (the default rule of :mod:`polysdk.dims` when they do not fit)."""
         from polysdk.sites import Hooks
 
         early_site = str(self.attribution_site)
@@ -269,14 +313,19 @@ class HDBSCANClusters(Detector):
                     raise DetectorInputError(
                         f"the forward pass did not reach both {early_site!r} and {target!r}; "
                         "check attribution_site comes before target_site in the model.")
-                y = _select_unit(seen["target"], unit_axis, unit, self.position)
+                t = seen["target"]
+                names = target_dims if target_dims and len(target_dims) == t.ndim \
+                    else dims.default_dims(t.ndim)
+                # the seed's "centre" is a rule for maps; a (sample, unit) site has none
+                rule = self.position if dims.extra_dims(names) else None
+                y = dims.select_unit(t, names, unit, rule, site=target)
                 (grad,) = torch.autograd.grad(y.sum(), seen["early"], allow_unused=True)
                 if grad is None:
                     raise DetectorInputError(
                         f"{target!r} does not depend on {early_site!r}; choose an "
                         "attribution_site earlier in the model.")
                 attr = (seen["early"] * grad).detach()
-                e_axis = 1 if attr.ndim == 4 else attr.ndim - 1
+                e_axis = dims.unit_axis(dims.default_dims(attr.ndim), site=early_site)
                 attr = attr.movedim(e_axis, 1).reshape(attr.shape[0], attr.shape[e_axis], -1)
                 chunks.append(attr.sum(-1).cpu().numpy())
         return np.concatenate(chunks)
@@ -304,24 +353,3 @@ def _gather_inputs(inputs: Any, batch: np.ndarray) -> torch.Tensor:
     items = [inputs[int(i)] for i in batch]  # a torch Dataset: (x, y) or x
     items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
     return torch.stack([torch.as_tensor(it) for it in items])
-
-
-def _select_unit(t: torch.Tensor, unit_axis: int, unit: int, position: Any) -> torch.Tensor:
-    """(batch,) activation of ``unit`` at ``position`` from a site's output tensor."""
-    if unit_axis < 1 or unit_axis >= t.ndim:
-        unit_axis = 1 if t.ndim == 4 else t.ndim - 1
-    v = t.select(unit_axis, unit)
-    if v.ndim == 1:
-        return v
-    flat_dims = tuple(range(1, v.ndim))
-    if isinstance(position, str) and position.lower() in ("max", "mean", "sum"):
-        if position.lower() == "max":
-            return v.flatten(1).max(1).values
-        return getattr(v.flatten(1), position.lower())(1)
-    if isinstance(position, dict):
-        position = tuple(position.values())
-    elif isinstance(position, (int, np.integer)):
-        position = (int(position),)
-    else:  # centre
-        position = tuple(v.shape[d] // 2 for d in flat_dims)
-    return v[(slice(None), *position)]
