@@ -2,17 +2,22 @@
 
     polysdk run toy-models --batch LR1 --quick --out runs/demo   # train, report
     polysdk run toy-models --batch K1 --set seeds=2 --set N=128 --sweep k=16,32,64
-    polysdk list                                                # studies and presets
-    polysdk report runs/demo                                    # re-make the report
+    polysdk run toy-models --quick --scheduler tcp://10.0.0.5:8786  # units on a cluster
+    polysdk list                                   # studies, presets, values at each scale
+    polysdk list toy-models --batch LR1 --quick    # every value such a run would use
+    polysdk report runs/demo                       # re-make a run's report from its store
+    polysdk index runs                             # runs/index.html lists the runs
 
 ``run`` resumes a killed run in the same ``--out`` (``--fresh`` starts over) and prints
-the report's path at the end.
+the report's path at the end. ``--set KEY=VALUE`` takes any field of the study's config
+(typed by the field; an unknown key names the closest). Every bad command-line value
+ends in one line, ``polysdk: error: ...``, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -24,13 +29,22 @@ from polysdk.errors import ConfigError, PolysdkError
 __all__ = ["main", "build_parser"]
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    from polysdk.studies.base import parse_value
-
-    if "=" not in text:
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text or not text.split("=", 1)[0].strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r} (e.g. --set N=128)")
     key, value = text.split("=", 1)
-    return key.strip(), parse_value(value)
+    return key.strip(), value
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", "--preset", dest="preset", default=None,
+                   help="preset of the study (toy-models: a Table 1 batch, e.g. LR1)")
+    p.add_argument("--quick", action="store_true", help="small scale that runs on a CPU")
+    p.add_argument("--set", dest="sets", action="append", type=_key_value, default=[],
+                   metavar="KEY=VALUE", help="set a config field (repeatable)")
+    p.add_argument("--sweep", dest="sweeps", action="append", type=_key_value, default=[],
+                   metavar="VAR=V1,V2", help="sweep a field instead of the preset's sweep "
+                   "(repeat for a grid)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,59 +55,98 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a study and write its report")
     run.add_argument("study", help="study name (see `polysdk list`), e.g. toy-models")
-    run.add_argument("--batch", "--preset", dest="preset", default=None,
-                     help="preset of the study (toy-models: a Table 1 batch, e.g. LR1)")
-    run.add_argument("--quick", action="store_true", help="small scale that runs on a CPU")
+    _add_config_options(run)
     run.add_argument("--out", default=None, help="output folder (default runs/<study>-<preset>)")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    run.add_argument("--set", dest="sets", action="append", type=_key_value, default=[],
-                     metavar="KEY=VALUE", help="override a parameter (repeatable)")
-    run.add_argument("--sweep", dest="sweeps", action="append", type=_key_value, default=[],
-                     metavar="VAR=V1,V2", help="sweep a parameter instead of the preset's "
-                     "(repeat for a grid)")
+    run.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="run the units on this dask.distributed scheduler")
     run.add_argument("--fresh", action="store_true",
                      help="start over instead of resuming what --out holds")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-report", action="store_true", help="store results, skip the report")
 
-    sub.add_parser("list", help="list the studies and their presets")
+    lst = sub.add_parser("list", help="list the studies and their presets (with values)")
+    lst.add_argument("study", nargs="?", default=None,
+                     help="one study: print every value a run with these options uses")
+    _add_config_options(lst)
 
-    rep = sub.add_parser("report", help="re-make the report of a finished run folder")
-    rep.add_argument("out", help="the run's output folder (holds config.json)")
+    rep = sub.add_parser("report", help="re-make the report of a run folder from its store")
+    rep.add_argument("out", help="the run's output folder (or, with --index, a folder of runs)")
+    rep.add_argument("--index", action="store_true",
+                     help="write an index page of the runs under the folder instead")
+
+    idx = sub.add_parser("index", help="write <folder>/index.html listing the runs under it")
+    idx.add_argument("folder", help="folder holding run folders, e.g. runs")
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> Path:
-    from polysdk.studies.base import get_study
+def _build_study(args: argparse.Namespace, study_name: str, **kwargs: Any) -> Any:
+    """The study the options describe (every value checked; ConfigError if not)."""
+    from polysdk.studies import get_study
+    from polysdk.studies.config import parse_sweep
 
-    cls = get_study(args.study)
-    overrides: dict[str, Any] = dict(args.sets)
+    cls = get_study(study_name)
+    preset = args.preset or cls.default_preset
+    settings: dict[str, Any] = {}
+    for key, value in args.sets:
+        settings[key] = value   # parsed by the field's type in Study.resolve_config
     if args.sweeps:
-        overrides["sweep"] = {k: v if isinstance(v, list) else [v] for k, v in args.sweeps}
-    study = cls.from_options(args.preset, quick=args.quick, device=args.device,
-                             overrides=overrides, progress=not args.no_progress)
-    out = args.out or f"runs/{args.study}-{(args.preset or 'default').lower()}" \
-                      f"{'-quick' if args.quick else ''}"
-    return study.run(out=out, resume=not args.fresh)
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        if "sweep" not in fields:
+            raise ConfigError(f"the study {cls.name!r} has no sweep; set single values with "
+                              "--set KEY=VALUE instead.")
+        settings["sweep"] = {k: parse_sweep(cls.Config, k, v) for k, v in args.sweeps}
+    try:
+        return cls(preset, quick=args.quick, **settings, **kwargs)
+    except PolysdkError:
+        raise
+    except (TypeError, ValueError) as err:   # a config's own check that is not ours
+        raise ConfigError(f"{cls.name}: {err}") from err
 
 
-def _cmd_list() -> None:
-    from polysdk.studies.base import available_studies
+def _cmd_run(args: argparse.Namespace) -> Path:
+    study = _build_study(args, args.study, device=args.device,
+                         progress=not args.no_progress)
+    return study.run(out=args.out, resume=not args.fresh, report=not args.no_report,
+                     client=args.scheduler)
 
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from polysdk.studies import STUDIES, available_studies
+
+    if args.study is not None:
+        study = _build_study(args, args.study)
+        print(f"{study.name} (preset {study.preset or '-'}"
+              f"{', quick scale' if study.quick else ''}): the values a run uses")
+        for f in dataclasses.fields(study.config):
+            print(f"    {f.name} = {getattr(study.config, f.name)!r}")
+        return
+    if args.preset or args.quick or args.sets or args.sweeps:
+        raise ConfigError("--batch/--quick/--set/--sweep need a study: "
+                          "polysdk list STUDY --quick ...")
     for name, cls in available_studies().items():
-        print(f"{name}: {cls.description}")
-        for preset, text in cls.presets.items():
-            print(f"    {preset:5s} {text}")
+        where = STUDIES.sources().get(name, "")
+        origin = "" if where in ("built-in", "registered") else f" [plugin {where}]"
+        default = f" (default preset {cls.default_preset})" if cls.default_preset else ""
+        print(f"{name}: {cls.description}{default}{origin}")
+        configs = dict(cls.presets) or {"(defaults)": cls.Config()}
+        for preset, cfg in configs.items():
+            print(f"    {preset:5s} {cls.describe_config(cfg)}")
+            quick = cls.quick_config(cfg)
+            if quick != cfg:
+                from polysdk.studies.config import describe
+
+                print(f"    {'':5s} --quick: {describe(quick, cfg)}")
 
 
 def _cmd_report(args: argparse.Namespace) -> Path:
-    from polysdk.studies.base import Study, get_study
+    if args.index:
+        from polysdk.reporting import write_index
 
-    cfg_path = Study.paths(args.out)["config"]
-    if not cfg_path.exists():
-        raise ConfigError(f"{str(cfg_path)!r} does not exist: {args.out!r} is not a run "
-                          "folder; pass the --out folder of a `polysdk run`.")
-    cfg = json.loads(cfg_path.read_text())
-    return get_study(cfg["study"]).from_config(cfg).make_report(args.out)
+        return write_index(args.out)
+    from polysdk.studies import Study
+
+    return Study.load(args.out, progress=False).make_report(args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,12 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "run":
-            path = _cmd_run(args)
-            print(f"report: {path}")
+            print(f"{'report' if not args.no_report else 'store'}: {_cmd_run(args)}")
         elif args.command == "list":
-            _cmd_list()
+            _cmd_list(args)
         elif args.command == "report":
-            print(f"report: {_cmd_report(args)}")
+            print(f"{'index' if args.index else 'report'}: {_cmd_report(args)}")
+        elif args.command == "index":
+            from polysdk.reporting import write_index
+
+            print(f"index: {write_index(args.folder)}")
     except PolysdkError as err:
         print(f"polysdk: error: {err}", file=sys.stderr)
         return 2

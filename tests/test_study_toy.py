@@ -1,4 +1,5 @@
-"""ToyModelStudy: presets, instances, store layout, resume after a kill, report."""
+"""ToyModelStudy: presets, instances, store layout, resume after a kill, report, and the
+numbers of the code before the Study platform (a reference)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import json
 import numpy as np
 import pytest
 
-import polysdk.studies.toy_models as tm
 from polysdk.errors import ConfigError
 from polysdk.store import ActivationStore
 from polysdk.studies import ToyModelStudy, available_studies
-from polysdk.studies.toy_models import PRESETS, preset_config
+from polysdk.studies.toy_models import PRESETS, ToyModelsConfig
+
+
+def preset_config(batch: str, quick: bool = False) -> tuple[dict, dict]:
+    """(fixed ToyConfig fields, sweep) of a preset, as the old ``preset_config`` gave."""
+    cfg = PRESETS[batch]
+    cfg = cfg.quick() if quick else cfg
+    return cfg.fixed(), cfg.sweep
 
 TINY = dict(N=16, m=4, k=8, log2_batch_size=4, log2_training_steps=5)
 
@@ -51,19 +58,23 @@ def test_table1_presets() -> None:
     assert preset_config("D1", quick=True)[1]["decay"][0] == pytest.approx(0.1 * 32)
     assert s["k"] == [2, 4, 8, 16, 32, 64, 128, 256]
     with pytest.raises(ConfigError, match="LR1"):
-        preset_config("LR9")
+        ToyModelStudy("LR9")
+    assert all(isinstance(c, ToyModelsConfig) for c in PRESETS.values())
+    assert ToyModelStudy("lr3").preset == "LR3"             # any case
 
 
 def test_instances_grid_and_seeds() -> None:
     st = ToyModelStudy("G3", quick=True, seeds=2, seed=5)
-    insts = st.instances()
+    insts = st.config.instances()
     assert len(insts) == 6 * 11 * 2
     assert {s for _, s in insts} == {5, 6}
     assert insts[0][0].nonlinearity == "GeLU"
     custom = ToyModelStudy(None, sweep={"k": [8, 16]}, **TINY)
-    assert [c.k for c, _ in custom.instances()] == [8, 16]
+    assert [c.k for c, _ in custom.config.instances()] == [8, 16]
     with pytest.raises(ConfigError, match="bogus"):
         ToyModelStudy("LR1", bogus=1)
+    with pytest.raises(ConfigError, match="'learning_rate'"):   # the closest field
+        ToyModelStudy("LR1", lerning_rate=0.1)
     with pytest.raises(ConfigError, match="sweep"):
         ToyModelStudy("LR1", sweep={"bogus": [1]})
     assert "toy-models" in available_studies()
@@ -79,7 +90,8 @@ def test_run_store_layout_and_report(tmp_path) -> None:
     study, report = _run(tmp_path / "run", report=True)
     assert report == tmp_path / "run" / "report.html"
     text = report.read_text()
-    assert "initial_bias" in text and "figures/activations.png" in text
+    assert "initial_bias" in text and "data:image/png;base64," in text   # offline page
+    assert text.index("Headline findings") < text.index("<figure>")
     for fig in ("training", "vs_swept", "activations", "biases"):
         assert (tmp_path / "run" / "figures" / f"{fig}.png").stat().st_size > 1000
     store = ActivationStore(tmp_path / "run" / "results.zarr")
@@ -98,11 +110,13 @@ def test_run_store_layout_and_report(tmp_path) -> None:
     from polysdk.detect.capacity import FeatureCapacity
     det = FeatureCapacity().fit(chunk["checkpoint_activation"].values[0, -1])
     assert det.mono_per_feature_ == pytest.approx(float(chunk["mono_per_feature"][0]))
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch"] == "B3"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["preset"] == "B3"
 
 
 def test_resume_after_kill_trains_nothing_twice(tmp_path, monkeypatch) -> None:
-    real = tm.train_toy_models
+    import polysdk.train as train
+
+    real = train.train_toy_models
     calls: list[list[int]] = []
 
     def counting(cfgs, seeds, **kw):
@@ -112,7 +126,7 @@ def test_resume_after_kill_trains_nothing_twice(tmp_path, monkeypatch) -> None:
         return real(cfgs, seeds, **kw)
 
     fail = {"on": True}
-    monkeypatch.setattr(tm, "train_toy_models", counting)
+    monkeypatch.setattr(train, "train_toy_models", counting)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "killed")
     store = ActivationStore(tmp_path / "killed" / "results.zarr")
@@ -139,11 +153,11 @@ def test_resume_after_kill_trains_nothing_twice(tmp_path, monkeypatch) -> None:
 
 def test_other_config_in_same_folder_is_refused(tmp_path) -> None:
     _run(tmp_path / "run")
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch"] == "B3"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["preset"] == "B3"
     with pytest.raises(ConfigError, match="another config"):
         ToyModelStudy("LR1", quick=True, progress=False, **TINY).run(out=tmp_path / "run")
-    # the refused run left the folder's config (used by `polysdk report`) unchanged
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch"] == "B3"
+    # the refused run left the folder's config unchanged
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["preset"] == "B3"
     # resume=False starts over
     ToyModelStudy("LR1", quick=True, progress=False, chunk_size=6, **TINY).run(
         out=tmp_path / "run", resume=False, report=False)
@@ -151,8 +165,48 @@ def test_other_config_in_same_folder_is_refused(tmp_path) -> None:
     assert "learning_rate" in json.loads(store.read_result("toy_models/summary").attrs["swept"])
 
 
-def test_from_config_round_trip() -> None:
+def test_record_round_trip() -> None:
     st = ToyModelStudy("K1", quick=True, seeds=3)
-    again = ToyModelStudy.from_config(json.loads(json.dumps(st.config())))
-    assert again.config() == st.config()
-    assert [c for c, _ in again.instances()] == [c for c, _ in st.instances()]
+    again = ToyModelStudy.from_record(json.loads(json.dumps(st.record())))
+    assert again.config == st.config and again.record() == st.record()
+    assert [c for c, _ in again.config.instances()] == [c for c, _ in st.config.instances()]
+    # quick() then settings: the settings are not scaled
+    assert ToyModelStudy("K1", quick=True, k=64).config.k == 64
+    assert ToyModelStudy("K1", quick=True).config.k == 128
+
+
+# Reference numbers of the old code path (before the Study platform: commit d932435,
+# ``ToyModelStudy.run`` with the toy loop inside ``_run``), obtained by running that
+# commit's code on exactly the config of ``test_same_numbers_as_before_the_platform``
+# with one torch thread and printing the stored summary and chunks (float32 values
+# printed as Python floats). The platform must give the same numbers.
+REFERENCE = {
+    "final_loss": [0.08723277971148491, 0.04019282013177872, 0.4300444424152374,
+                   0.0903545692563057],
+    "mono_per_feature": [0.0, 0.0, 0.0625, 0.125],
+    "final_mean_bias": [-0.8406484127044678, -1.0750030279159546, 0.12901411950588226,
+                        -0.08802653104066849],
+    "n_mono": [0.0, 0.0, 1.0, 2.0],
+    "W1_sum": [1.5371792316436768, 1.2603559494018555, 1.40159273147583,
+               1.1823389530181885],
+    "b1_0": [-0.5412269830703735, -1.1477407217025757, 0.41046902537345886,
+             -0.1622484177350998],
+    "loss_0": [0.11875838041305542, 0.046985916793346405, 0.5034053921699524,
+               0.1000119000673294],
+}
+
+
+def test_same_numbers_as_before_the_platform(tmp_path) -> None:
+    study = ToyModelStudy("B3", quick=True, sweep={"initial_bias": [-1.0, 0.0]}, seeds=2,
+                          chunk_size=2, progress=False, **TINY)
+    study.run(out=tmp_path / "ref", report=False)
+    store = ActivationStore(tmp_path / "ref" / "results.zarr")
+    summary = store.read_result("toy_models/summary")
+    chunks = [store.read_result(f"toy_models/chunk_{j:03d}") for j in range(2)]
+    got = {v: summary[v].values.astype(float).tolist()
+           for v in ("final_loss", "mono_per_feature", "final_mean_bias", "n_mono")}
+    got["W1_sum"] = [float(x) for ds in chunks for x in ds["W1"].values.sum((1, 2))]
+    got["b1_0"] = [float(x) for ds in chunks for x in ds["b1"].values[:, 0]]
+    got["loss_0"] = [float(x) for ds in chunks for x in ds["loss"].values[:, 0]]
+    for key, want in REFERENCE.items():
+        np.testing.assert_allclose(got[key], want, rtol=1e-6, atol=1e-9, err_msg=key)

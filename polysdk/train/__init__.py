@@ -8,9 +8,9 @@ from polysdk.train.lamb import BatchedLamb, FlatParams
 from polysdk.train.schedule import cyclic_cosine_factors
 from polysdk.train.trainer import (
     TrainingStopped, TrainResult, auto_chunk_size, checkpoint_steps, plan_chunks,
-    torch_threads, train_toy_models,
+    train_toy_models,
 )
 
 __all__ = ["BatchedLamb", "FlatParams", "cyclic_cosine_factors", "TrainResult",
            "TrainingStopped", "auto_chunk_size", "checkpoint_steps", "plan_chunks",
-           "torch_threads", "train_toy_models"]
+           "train_toy_models"]

@@ -4,7 +4,7 @@
     while not group.done:
         group.advance()                       # one training step of every instance
     first, rest = group.split([0, 1])         # at any step: two groups that go on from here
-    result = group.result()                   # a TrainResult (see polysdk.train.trainer)
+    result = group.result()                   # a TrainResult (see polysdk.train._result)
 
 Each step follows the original (``model3.py``): fresh features for every instance from
 its own generator, the loss (sum of squared errors / batch, plus
@@ -24,7 +24,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -34,11 +34,9 @@ from polysdk.models.toy import (
     FeatureSampler, ToyConfig, ToyModels, apply_nonlinearity, feature_probabilities,
     instance_generator, nonlinearity_grad,
 )
+from polysdk.train._result import TrainResult
 from polysdk.train.lamb import BatchedLamb, FlatParams, lamb_update
 from polysdk.train.schedule import cyclic_cosine_factors
-
-if TYPE_CHECKING:
-    from polysdk.train.trainer import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +198,6 @@ class InstanceGroup:
 
     def result(self) -> TrainResult:
         """What the group's training produced (see :class:`TrainResult`)."""
-        from polysdk.train.trainer import TrainResult
-
         return TrainResult(self.configs, self.seeds, self.models, self.loss_steps,
                            self.loss_log.cpu().numpy().astype(np.float64), self.ckpts,
                            self.ck_acts, self.ck_bias)

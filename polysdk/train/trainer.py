@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,44 +29,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from polysdk._util import torch_threads
 from polysdk.errors import ConfigError
 from polysdk.models.toy import ToyConfig, ToyModels
 from polysdk.train._group import DATA_STREAM as _DATA_STREAM  # noqa: F401 (tests, benchmarks)
 from polysdk.train._group import LOSS_EVERY, InstanceGroup, checkpoint_steps
+from polysdk.train._result import TrainResult
 
 __all__ = ["TrainResult", "train_toy_models", "checkpoint_steps", "plan_chunks",
-           "auto_chunk_size", "torch_threads", "TrainingStopped", "LOSS_EVERY"]
+           "auto_chunk_size", "TrainingStopped", "LOSS_EVERY"]
+
 
 class TrainingStopped(RuntimeError):
     """A worker stopped early because another worker of the same run failed."""
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (None: leave it); restored after."""
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@dataclass
-class TrainResult:
-    """What one batched training run returns (arrays on CPU, leading dim = instance)."""
-
-    configs: list[ToyConfig]
-    seeds: list[int]
-    models: ToyModels                   # final parameters (on the training device)
-    loss_steps: np.ndarray              # [L] steps at which the loss was logged
-    losses: np.ndarray                  # [K, L]
-    checkpoint_steps: np.ndarray        # [C]
-    checkpoint_activations: np.ndarray  # [K, C, k, N] single-feature activation matrices
-    checkpoint_mean_bias: np.ndarray    # [K, C]
 
 
 def train_toy_models(configs: Sequence[ToyConfig], seeds: Sequence[int],

@@ -1,0 +1,100 @@
+"""Small helpers shared across layers: torch threads, devices, seeding, JSON-able values.
+
+    from polysdk._util import torch_threads, resolve_device, seed_everything
+    with torch_threads(1):
+        ...                                   # torch's intra-op threads set, then restored
+    resolve_device("auto")                    # cuda when available, else cpu
+    seed_everything(0)                        # Python, NumPy and torch
+
+Nothing here imports another polysdk module except :mod:`polysdk.errors`, so any layer
+may use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polysdk.errors import ConfigError
+
+__all__ = ["torch_threads", "resolve_device", "seed_everything", "jsonable"]
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (None or 0: leave it); restored after.
+
+    >>> import torch
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    import torch
+
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def resolve_device(device: Any = "auto") -> Any:
+    """``"auto"``/None -> ``cuda`` when available, else ``cpu``; others are checked.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', "
+                          "'cuda:1' or 'auto'.") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={str(device)!r} was asked for but CUDA is not available "
+                          "here; use device='cpu' or 'auto'.")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (prefer own generators)."""
+    import torch
+
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2 ** 32)
+    torch.manual_seed(int(seed))
+
+
+def jsonable(value: Any) -> Any:
+    """Config values as JSON-able data (dataclasses, numpy, tuples, paths, devices).
+
+    >>> jsonable({"a": (1, np.float32(0.5)), "p": Path("x")})
+    {'a': [1, 0.5], 'p': 'x'}
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path) or type(value).__name__ == "device":
+        return str(value)
+    return value
