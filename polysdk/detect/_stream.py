@@ -67,6 +67,8 @@ def as_dask(acts: xr.DataArray, chunk: int = DEFAULT_CHUNK) -> xr.DataArray:
 
 
 def _mask_name(acts: xr.DataArray, mask_coord: str | None) -> str | None:
+    if POSITION not in acts.dims:
+        return None  # nothing to mask (e.g. one position already chosen)
     names = (mask_coord,) if mask_coord else MASK_COORDS
     for name in names:
         if name in acts.coords:
@@ -76,7 +78,7 @@ def _mask_name(acts: xr.DataArray, mask_coord: str | None) -> str | None:
                     f"coordinate {name!r} has dims {m.dims}; a padding mask must be (sample, "
                     "position), True / 1 at real tokens.")
             return name
-    if mask_coord and POSITION in acts.dims:
+    if mask_coord:
         raise DetectorInputError(
             f"mask coordinate {mask_coord!r} is not on the activations (coordinates: "
             f"{[str(c) for c in acts.coords]}); pass an existing name or leave it None.")
