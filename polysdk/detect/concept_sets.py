@@ -25,13 +25,17 @@ __all__ = ["ConceptSets"]
 class ConceptSets(TokenInput, Detector):
     """Concept-set activity from per-token activations (seed 003).
 
-    Input: a DataArray (``sample``, ``position``, ``unit``), one sample per text, with a
-    per-sample coordinate naming each text's set (``set_coord``, default ``"concept"``),
-    optionally a (``sample``, ``position``) ``token`` coordinate (token strings or ids)
-    and a boolean ``mask`` coordinate (False at padding). :meth:`record` builds it from
-    a model and a tokenizer. A (``sample``, ``unit``) input is read as one token per text.
+    Input: per-token activations in either text layout: flat (``token``, ``unit``) with
+    per-token ``sample`` (which text) and ``position`` coordinates, or padded
+    (``sample``, ``position``, ``unit``) with an ``attention_mask`` (or ``mask``,
+    or ``mask_coord``) coordinate, False / 0 at padding. A coordinate names each text's
+    set (``set_coord``, default ``"concept"``; per text, or per token and the same on all
+    of a text's tokens); the token types come from ``token_coord`` (default: the first of
+    ``token``, ``token_str``, ``token_id`` found along the tokens). :meth:`record` builds
+    it from a model and a tokenizer. A (``sample``, ``unit``) input is read as one token
+    per text. Padding never counts: not in a text's mean, not as a token type.
 
-    A unit's activation on a text is its mean over the text's (unmasked) positions; on a
+    A unit's activation on a text is its mean over the text's real tokens; on a
     set, the mean over the set's texts (``aggregate="max"``: their max). It is *active*
     on a set when it is among the set's ``top_n`` units (100, as the seed) or, with
     ``threshold`` set, when its set activation exceeds it. Polysemantic: active on two or
