@@ -272,3 +272,30 @@ def test_probe_memory_results_open_with_plain_xarray_ops(minilm):
     ref = Probe(model, SITE, reduce="mean").run([batch], progress=False)[SITE]
     np.testing.assert_allclose(per_text.values, ref.values, rtol=1e-5, atol=1e-5)
     assert isinstance(flat, xr.DataArray)
+
+
+def test_the_text_example_runs_end_to_end(tmp_path, capsys):
+    import runpy
+
+    module = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "examples" / "text_minilm.py"))
+    module["main"](tmp_path)
+    out = capsys.readouterr().out
+    assert "per-token store" in out and "top tokens" in out and "[PAD]" not in out
+
+
+def test_own_loop_records_inside_an_nnsight_trace_and_on_a_transformer_lens_bridge(tl_model, tl_tokens):
+    import nnsight
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    wrapped = nnsight.NNsight(net)
+    x = torch.randn(5, 3)
+    with Probe(wrapped, "1") as probe:
+        with wrapped.trace(x):
+            pass
+    np.testing.assert_allclose(probe.activations["1"].values, net(x).detach().numpy(), rtol=1e-6)
+    with Probe(tl_model, "blocks.0.mlp.hook_post", reduce=-1) as probe:
+        with torch.no_grad():
+            tl_model(tl_tokens)
+            tl_model(tl_tokens[:2])
+    got = probe.activations["blocks.0.mlp.hook_post"]
+    assert got.sizes["sample"] == 5
