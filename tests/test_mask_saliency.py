@@ -127,6 +127,30 @@ def test_snip_matches_plain_autograd_per_weight_and_per_kernel():
     assert masks["0.weight"].shape == net[0].weight.shape
 
 
+def test_target_selection_by_name_and_both_spellings_of_centre():
+    net = cnn()
+    x = torch.randn(4, 2, 9, 9)
+    net(x)
+    net.zero_grad()
+    z2 = net[2](torch.relu(net[0](x)))  # (sample, unit, y, x) = (4, 4, 4, 4)
+    z2[:, 1, 2, 2].abs().sum().backward()
+    ref = (net[0].weight * net[0].weight.grad).abs().detach()
+    net.zero_grad()
+    for position in ("centre", "center", (2, 2), {"y": 2, "x": 2}):
+        snip = SNIP(net, "2", unit=1, params=["0", "2"], position=position).fit(x)
+        total = snip.total_score_
+        assert torch.allclose(snip.scores_["0.weight"] * total, ref, rtol=1e-4, atol=1e-9), position
+    # dims= names the target's axes: the same site read as channels-last puts the unit elsewhere
+    last = SNIP(net, "2", unit=2, params=["0", "2"], dims=("sample", "y", "x", "unit")).fit(x)
+    net.zero_grad()
+    z2 = net[2](torch.relu(net[0](x)))
+    z2[..., 2].abs().sum().backward()
+    ref = (net[0].weight * net[0].weight.grad).abs().detach()
+    assert torch.allclose(last.scores_["0.weight"] * last.total_score_, ref, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ConfigError, match="not understood"):
+        SNIP(net, "2", unit=1, position="middle").fit(x)
+
+
 def planted_net(seed: int = 0) -> tuple[nn.Sequential, dict[str, torch.Tensor]]:
     """fc1 (20 -> 10), relu, fc2 (10 -> 1). Weights fc1[0:3, 0:3] and fc2[0, 0:3] are
     large; every other weight is tiny; the planted set is what a pruner must find."""

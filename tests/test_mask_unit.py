@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from polysdk.errors import ConfigError, SiteNotFoundError
+from polysdk.errors import ConfigError, SiteError, SiteNotFoundError
 from polysdk.mask import UnitMask
 from polysdk.sites import Hooks
 
@@ -49,6 +49,12 @@ def test_activation_mode_axes():
         y = seq(torch.randn(2, 7, 4))  # [batch, position, unit]: the last axis
     assert bool((y[..., 0] == 0).all()) and bool((y[..., 1:] != 0).all())
     with UnitMask(seq, "0", units=[5]), pytest.raises(ConfigError, match="out of range"):
+        seq(torch.randn(2, 4))
+    # named dims instead of an axis number: here the units are axis 1 of a 3-D tensor
+    with UnitMask(seq, "0", units=[3], dims=("sample", "unit", "feature")):
+        y = seq(torch.randn(2, 5, 4))
+    assert bool((y[:, 3] == 0).all()) and bool((y[:, [0, 1, 2, 4]] != 0).all())
+    with UnitMask(seq, "0", units=[0], dims=("sample", "feature")), pytest.raises(SiteError, match="no 'unit'"):
         seq(torch.randn(2, 4))
 
 
