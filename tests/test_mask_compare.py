@@ -111,3 +111,124 @@ def test_densities_per_param_layer_overall():
     ds = masks_to_dataset(masks, attrs={"unit": 3})
     assert ds["f.0.weight"].dims == ("f.0.weight.out", "f.0.weight.in")
     assert ds.attrs["unit"] == 3 and ds.attrs["density"] == pytest.approx(0.3)
+
+
+# ------------------------------------------------ tails in log space, against exact sums
+def _planted(n: int, ka: int, kb: int, inter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of n weights keeping ka and kb with exactly ``inter`` in common."""
+    a, b = np.zeros(n, bool), np.zeros(n, bool)
+    a[:ka] = True
+    b[:inter] = True
+    b[ka:ka + kb - inter] = True
+    return a, b
+
+
+def exact_log_tails(rows: list[tuple[int, int, int]], observed: int) -> tuple[float, float]:
+    """log P(S >= observed), log P(S <= observed) for S a sum of independent
+    hypergeometric overlaps, by exact integer convolution of the counts
+    C(ka, i) C(n - ka, kb - i) over the product of the C(n, kb)."""
+    counts, denom = [1], 1
+    for n, ka, kb in rows:
+        lo = max(0, ka + kb - n)
+        part = [0] * lo + [math.comb(ka, i) * math.comb(n - ka, kb - i)
+                           for i in range(lo, min(ka, kb) + 1)]
+        out = [0] * (len(counts) + len(part) - 1)
+        for i, c in enumerate(counts):
+            if c:
+                for j, d in enumerate(part):
+                    out[i + j] += c * d
+        counts, denom = out, denom * math.comb(n, kb)
+    up, down = sum(counts[observed:]), sum(counts[:observed + 1])
+    return math.log(up) - math.log(denom), math.log(down) - math.log(denom)
+
+
+def _table(cases: dict[str, tuple[int, int, int, int]]):
+    ma, mb = {}, {}
+    for name, case in cases.items():
+        ma[name], mb[name] = _planted(*case)
+    return mask_overlap(ma, mb)
+
+
+def test_one_layer_overall_equals_scipy_hypergeom_at_any_depth():
+    from scipy import stats
+
+    for n, ka, kb, inter in [(60, 20, 25, 9), (3000, 300, 300, 260), (4000, 400, 400, 380),
+                             (5000, 2500, 2500, 1000)]:
+        o = _table({"w": (n, ka, kb, inter)}).sel(param="overall")
+        ref_up = stats.hypergeom.logsf(inter - 1, n, ka, kb)
+        ref_down = stats.hypergeom.logcdf(inter, n, ka, kb)
+        assert float(o.log_p_value) == pytest.approx(ref_up, rel=1e-10, abs=1e-12)
+        assert float(o.log_p_value_depletion) == pytest.approx(ref_down, rel=1e-10, abs=1e-12)
+        assert float(o.p_value) == pytest.approx(stats.hypergeom.sf(inter - 1, n, ka, kb),
+                                                 rel=1e-9, abs=0)
+        up, down = exact_log_tails([(n, ka, kb)], inter)
+        assert float(o.log_p_value) == pytest.approx(up, rel=1e-10, abs=1e-12)
+        assert float(o.log_p_value_depletion) == pytest.approx(down, rel=1e-10, abs=1e-12)
+    # the last but one: p = exp(-1935), below the smallest float; its log is still exact
+    up, _ = exact_log_tails([(4000, 400, 400)], 380)
+    assert up < math.log(5e-324)
+
+
+def test_layerwise_overall_has_no_round_off_floor():
+    # the issue's case: per-layer p 1.9e-283 and 4.7e-52 (the old FFT gave 9.5e-17 overall)
+    cases = {"l1": (3000, 300, 300, 260), "l2": (1000, 100, 100, 66), "l3": (1000, 100, 100, 10)}
+    t = _table(cases)
+    rows = [c[:3] for c in cases.values()]
+    up, down = exact_log_tails(rows, 336)
+    o = t.sel(param="overall")
+    assert int(o.intersection) == 336
+    assert float(o.p_value) == pytest.approx(math.exp(up), rel=1e-8, abs=0)  # 2.157e-264
+    assert float(o.log_p_value) == pytest.approx(up, rel=1e-10)
+    assert float(o.log_p_value_depletion) == pytest.approx(down, rel=1e-8, abs=1e-250)
+    # per-parameter logs agree with their p-values where those do not underflow
+    for name in cases:
+        r = t.sel(param=name)
+        assert float(r.log_p_value) == pytest.approx(math.log(float(r.p_value)), rel=1e-9)
+
+
+@pytest.mark.parametrize("cases", [
+    # beyond the smallest float (log p ~ -1900): several layers all fully shared
+    {"a": (2000, 200, 200, 200), "b": (900, 90, 90, 90), "c": (50, 25, 25, 25)},
+    # far fewer shared weights than chance: the depletion tail is the tiny one
+    {"a": (1000, 500, 500, 0), "b": (800, 400, 400, 100), "c": (30, 10, 10, 3)},
+    # near the mean: both tails moderate
+    {"a": (400, 100, 100, 26), "b": (300, 150, 150, 74), "c": (9, 3, 3, 1)},
+    # a layer whose overlap is fixed (everything kept) only shifts the sum
+    {"a": (500, 50, 60, 30), "full": (40, 40, 7, 7), "empty": (30, 0, 12, 0)},
+])
+def test_layerwise_tails_match_exact_convolution(cases):
+    t = _table(cases)
+    o = t.sel(param="overall")
+    up, down = exact_log_tails([c[:3] for c in cases.values()], int(o.intersection))
+    assert float(o.log_p_value) == pytest.approx(up, rel=1e-9, abs=1e-12)
+    assert float(o.log_p_value_depletion) == pytest.approx(down, rel=1e-9, abs=1e-12)
+    assert float(o.p_value) == pytest.approx(math.exp(up), rel=1e-8, abs=1e-300)
+    assert t.attrs["overall_method"] == "exact"
+
+
+def test_all_layers_fully_shared_is_the_product_of_one_over_binomials():
+    cases = {"a": (2000, 200, 200, 200), "b": (900, 90, 90, 90)}
+    o = _table(cases).sel(param="overall")
+    product = -sum(math.log(math.comb(n, k)) for n, k, _, _ in cases.values())
+    assert float(o.log_p_value) == pytest.approx(product, rel=1e-12)
+    assert float(o.p_value) == 0.0  # exp(-390 - 120 ...) underflows; the log does not
+
+
+def test_saddlepoint_tails_beyond_the_exact_limit(monkeypatch):
+    import polysdk.mask.compare as compare
+
+    cases = {"l1": (3000, 300, 300, 260), "l2": (1000, 100, 100, 66), "l3": (1000, 100, 100, 10)}
+    exact = _table(cases).sel(param="overall")
+    monkeypatch.setattr(compare, "_MAX_EXACT", 10)
+    t = _table(cases)
+    approx = t.sel(param="overall")
+    assert t.attrs["overall_method"] == "saddlepoint"
+    # a relative error in p under 1% is an absolute one under 0.01 in log p
+    assert float(approx.log_p_value) == pytest.approx(float(exact.log_p_value), abs=0.01)
+    near = {"a": (400, 100, 100, 26), "b": (300, 150, 150, 74)}
+    monkeypatch.setattr(compare, "_MAX_EXACT", 10**7)
+    e = _table(near).sel(param="overall")
+    monkeypatch.setattr(compare, "_MAX_EXACT", 10)
+    s = _table(near).sel(param="overall")
+    assert float(s.p_value) == pytest.approx(float(e.p_value), rel=0.01)
+    assert float(s.p_value_depletion) == pytest.approx(float(e.p_value_depletion), rel=0.01)
