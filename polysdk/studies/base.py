@@ -294,6 +294,13 @@ class Study(Generic[C]):
         """The units recorded when the run's store was made."""
         return [Unit(**u) for u in json.loads(store.attrs["study_units"])]
 
+    def results(self, out: str | Path) -> dict[str, Any]:
+        """Every stored unit's Dataset of the run in ``out``, by unit name (for reports)."""
+        from polysdk.store import ActivationStore
+
+        store = ActivationStore(study_paths(out)["store"], mode="r")
+        return {u.name: store.read_result(u.name) for u in self.stored_units(store)}
+
     def execute_unit(self, unit: Unit) -> Any:
         """Seed with the unit's seed and run it (what a local loop or a worker calls)."""
         seed_everything(unit.seed)
