@@ -52,6 +52,7 @@ __all__ = [
     "extra_dims",
     "flatten_tokens",
     "real_lengths",
+    "reduce_texts",
     "select",
     "select_array",
     "select_unit",
@@ -63,6 +64,7 @@ SPATIAL = ("z", "y", "x")
 ROW_DIMS = (SAMPLE, TOKEN)
 _KINDS = ("none", "mean", "max", "sum", "centre", "index")
 _ALIASES = {"center": "centre"}
+_TEXT_CHUNK = 4096
 
 
 # --------------------------------------------------------------------------- the axis rule
@@ -418,7 +420,14 @@ def select_array(acts: xr.DataArray, selection: Any, *, name: str = "position") 
         acts = acts.where(mask.astype(bool))
         if sel.kind == "index" and isinstance(sel.index, int):
             return _masked_position(acts, mask, sel.index, name=name)
+        if sel.kind not in ("mean", "max", "sum"):
+            raise ConfigError(
+                f"{name}={sel.index if sel.kind == 'index' else sel.kind!r} indexes padded "
+                "positions of masked text; use 'mean', 'max', 'sum' or one position (an int "
+                "counting real tokens, -1 = the last)")
     if sel.kind in ("mean", "max", "sum"):
+        if sel.kind != "max":  # float64 sums: a float32 drift reorders close rankings
+            acts = acts.astype(np.float64)
         out = getattr(acts, sel.kind)(extra, skipna=True) if mask is not None else getattr(acts, sel.kind)(extra)
         return out.transpose(SAMPLE, UNIT)
     if isinstance(sel.index, list):
@@ -456,9 +465,7 @@ def _select_tokens(acts: xr.DataArray, sel: Selection, *, name: str) -> xr.DataA
     texts, starts, counts = np.unique(sample, return_index=True, return_counts=True)
     ends = starts + counts
     if sel.kind in ("mean", "max", "sum"):
-        grouped = acts.groupby(SAMPLE)
-        out = getattr(grouped, sel.kind)(TOKEN)
-        return out.transpose(SAMPLE, UNIT)
+        return reduce_texts(acts, sel.kind)
     if sel.kind == "index" and isinstance(sel.index, int):
         k = sel.index
         if np.any(counts <= (k if k >= 0 else -k - 1)):
@@ -470,3 +477,63 @@ def _select_tokens(acts: xr.DataArray, sel: Selection, *, name: str) -> xr.DataA
         return out.assign_coords({SAMPLE: texts}).transpose(SAMPLE, UNIT)
     raise ConfigError(f"{name}={sel.index if sel.kind == 'index' else sel.kind!r} does not apply "
                       "to flattened text tokens; use 'mean', 'max', 'sum' or one position")
+
+
+def _text_bounds(sample: np.ndarray) -> np.ndarray:
+    """Start of every run of equal ``sample`` values, plus the end."""
+    change = np.flatnonzero(sample[1:] != sample[:-1]) + 1
+    return np.concatenate([[0], change, [sample.size]]).astype(np.int64)
+
+
+def reduce_texts(acts: xr.DataArray, kind: str) -> xr.DataArray:
+    """Per-text ``mean`` / ``max`` / ``sum`` (float64) of a flat ``(token, unit)`` array.
+
+    Streams: each dask block is cut at a text boundary and reduced with
+    ``np.*.reduceat`` (a few tasks per chunk, not a groupby per text); in-memory arrays
+    are split the same way. Texts come out in ``sample`` order.
+    """
+    import dask.array as da
+    import xarray as xr
+
+    acts = acts.transpose(TOKEN, UNIT)
+    sample = np.asarray(acts.coords[SAMPLE].values)
+    bounds = _text_bounds(sample)
+    texts = sample[bounds[:-1]]
+    if np.unique(texts).size != texts.size:  # a text split in several runs: order by text
+        order = np.argsort(sample, kind="stable")
+        acts = acts.isel({TOKEN: order})
+        sample = sample[order]
+        bounds = _text_bounds(sample)
+        texts = sample[bounds[:-1]]
+    x = acts.data if isinstance(acts.data, da.Array) else da.from_array(
+        acts.data, chunks=(min(_TEXT_CHUNK, acts.shape[0]), -1))
+    # chunk boundaries moved back to the start of the text they fall in
+    cuts = np.cumsum((0,) + x.chunks[0])
+    starts = bounds[:-1]
+    moved = np.unique(np.concatenate([[0], starts[np.searchsorted(starts, cuts[1:-1],
+                                                                    side="right") - 1],
+                                      [sample.size]]))
+    x = x.rechunk((tuple(np.diff(moved).tolist()), -1))
+    per_block = [bounds[(bounds >= lo) & (bounds < hi)] - lo
+                 for lo, hi in zip(moved[:-1], moved[1:])]
+
+    def block(b: np.ndarray, block_info: Any = None) -> np.ndarray:
+        local = per_block[block_info[0]["chunk-location"][0]]
+        b = np.asarray(b, dtype=np.float64)
+        if kind == "max":
+            return np.maximum.reduceat(b, local, axis=0)
+        total = np.add.reduceat(b, local, axis=0)
+        if kind == "sum":
+            return total
+        counts = np.diff(np.concatenate([local, [b.shape[0]]]))
+        return total / counts[:, None]
+
+    out = x.map_blocks(block, chunks=(tuple(len(p) for p in per_block), x.chunks[1]),
+                       dtype=np.float64)
+    coords: dict[str, Any] = {SAMPLE: texts}
+    if UNIT in acts.coords:
+        coords[UNIT] = acts.coords[UNIT].values
+    res = xr.DataArray(out, dims=(SAMPLE, UNIT), coords=coords, name=acts.name, attrs=acts.attrs)
+    if np.any(np.diff(texts) < 0):
+        res = res.isel({SAMPLE: np.argsort(texts, kind="stable")})
+    return res

@@ -151,7 +151,7 @@ def select(acts: xr.DataArray, position: Any, *, name: str = "position") -> xr.D
         acts = acts.astype(np.float64)  # float32 sums drift by 1e-7: detectors rank on them
     if is_flat(acts):
         if sel.kind in ("mean", "max", "sum"):
-            return _reduce_texts(acts, sel.kind)
+            return dims.reduce_texts(acts, sel.kind)
         if sel.kind == "none":
             raise ConfigError(f"{name}=None keeps every token, but this detector needs one value "
                               f"per text here; pass {name}='mean', 'max' or a position (-1 = "
@@ -167,58 +167,6 @@ def select(acts: xr.DataArray, position: Any, *, name: str = "position") -> xr.D
         return dims.select_array(acts, sel, name=name)
     except SiteError as err:  # dims' message, in the detectors' error class
         raise DetectorInputError(str(err)) from err
-
-
-def _text_bounds(sample: np.ndarray) -> np.ndarray:
-    """Start of every run of equal ``sample`` values, plus the end."""
-    change = np.flatnonzero(sample[1:] != sample[:-1]) + 1
-    return np.concatenate([[0], change, [sample.size]]).astype(np.int64)
-
-
-def _reduce_texts(acts: xr.DataArray, kind: str) -> xr.DataArray:
-    """Per-text ``mean`` / ``max`` / ``sum`` of a flat (token, unit) array, streaming."""
-    acts = acts.transpose(TOKEN, UNIT)
-    sample = np.asarray(acts.coords[SAMPLE].values)
-    bounds = _text_bounds(sample)
-    texts = sample[bounds[:-1]]
-    if np.unique(texts).size != texts.size:  # a text split in several runs: order by text
-        order = np.argsort(sample, kind="stable")
-        acts = acts.isel({TOKEN: order})
-        sample = sample[order]
-        bounds = _text_bounds(sample)
-        texts = sample[bounds[:-1]]
-    x = acts.data if isinstance(acts.data, da.Array) else da.from_array(
-        acts.data, chunks=(min(DEFAULT_CHUNK, acts.shape[0]), -1))
-    # chunk boundaries moved back to the start of the text they fall in
-    cuts = np.cumsum((0,) + x.chunks[0])
-    starts = bounds[:-1]
-    moved = np.unique(np.concatenate([[0], starts[np.searchsorted(starts, cuts[1:-1],
-                                                                    side="right") - 1],
-                                      [sample.size]]))
-    x = x.rechunk((tuple(np.diff(moved).tolist()), -1))
-    per_block = [bounds[(bounds >= lo) & (bounds < hi)] - lo
-                 for lo, hi in zip(moved[:-1], moved[1:])]
-
-    def block(b: np.ndarray, block_info: Any = None) -> np.ndarray:
-        local = per_block[block_info[0]["chunk-location"][0]]
-        b = np.asarray(b, dtype=np.float64)
-        if kind == "max":
-            return np.maximum.reduceat(b, local, axis=0)
-        total = np.add.reduceat(b, local, axis=0)
-        if kind == "sum":
-            return total
-        counts = np.diff(np.concatenate([local, [b.shape[0]]]))
-        return total / counts[:, None]
-
-    out = x.map_blocks(block, chunks=(tuple(len(p) for p in per_block), x.chunks[1]),
-                       dtype=np.float64)
-    coords: dict[str, Any] = {SAMPLE: texts}
-    if UNIT in acts.coords:
-        coords[UNIT] = acts.coords[UNIT].values
-    res = xr.DataArray(out, dims=(SAMPLE, UNIT), coords=coords, name=acts.name, attrs=acts.attrs)
-    if np.any(np.diff(texts) < 0):
-        res = res.isel({SAMPLE: np.argsort(texts, kind="stable")})
-    return res
 
 
 def to_tokens(acts: xr.DataArray) -> xr.DataArray:
