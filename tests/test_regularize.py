@@ -72,6 +72,44 @@ def test_penalty_uses_own_max_not_min_max() -> None:
     assert got.item() == pytest.approx(1.25)
 
 
+def test_penalty_signed_sites_divide_by_max_abs() -> None:
+    # the original divides by K.max(K.abs(x)) + 1e-9: rows -> [-1, -2] / 2, [-1, -3] / 3
+    x = torch.tensor([[-1.0, -2.0], [-1.0, -3.0]], dtype=torch.float64)
+    expected = (1 * 1 + 2 * 3) / ((2 + 1e-9) * (3 + 1e-9))  # 7/6 = 1.1667 (by max: 7.0)
+    for fn in (polysemanticity_penalty, polysemanticity_penalty_naive):
+        assert fn(x, [0, 1]).item() == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(7 / 6, rel=1e-8)
+
+
+def test_penalty_near_zero_max_and_all_zero_rows_stay_finite() -> None:
+    # max(row 0) = -1e-9 cancels eps: dividing by the max gave -inf
+    x = torch.tensor([[-1e-9, -5.0], [1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    expected = (-1e-9 * 1 + -5 * 2) / ((5 + 1e-9) * (2 + 1e-9))
+    got = polysemanticity_penalty(x, [0, 1])
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    assert polysemanticity_penalty_naive(x, [0, 1]).item() == pytest.approx(expected, rel=1e-12)
+    # an all-zero example (a dead layer on that input) is 0 / eps = 0, not NaN
+    z = torch.tensor([[0.0, 0.0], [1.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    out = polysemanticity_penalty(z, [0, 1])
+    out.backward()
+    assert out.item() == 0.0 and bool(torch.isfinite(z.grad).all())
+
+
+@settings(max_examples=20, deadline=None)
+@given(batch=st.integers(2, 7), width=st.integers(1, 5), seed=st.integers(0, 10_000))
+def test_penalty_signed_matches_explicit_formula(batch: int, width: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, width, generator=g, dtype=torch.float64)  # GELU-like: signed
+    y = torch.randint(3, (batch,), generator=g).tolist()
+    z = [row / (row.abs().max() + 1e-9) for row in x]
+    total = sum(float(z[i] @ z[j]) for i, j in itertools.combinations(range(batch), 2)
+                if y[i] != y[j])
+    expected = total / math.comb(batch, 2)
+    assert polysemanticity_penalty(x, y).item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    assert polysemanticity_penalty_naive(x, y).item() == pytest.approx(expected, rel=1e-10,
+                                                                        abs=1e-12)
+
+
 def test_penalty_same_labels_and_small_batches_are_zero() -> None:
     x = torch.rand(4, 3, requires_grad=True)
     assert polysemanticity_penalty(x, [1, 1, 1, 1]).item() == 0.0

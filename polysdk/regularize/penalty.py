@@ -1,7 +1,11 @@
 """The polysemanticity penalty of seed 001, as a function and as a hooked regularizer.
 
 For each chosen site, each example's activation vector ``x_i`` (flattened) is divided
-by its own maximum plus ``eps`` (not min-max; after a ReLU the result lies in [0, 1]).
+by its own maximum *absolute* value plus ``eps``, ``x_i / (max_k |x_ik| + eps)``, as the
+original Keras code does (``K.max(K.abs(x))``, ``eps = 1e-9``; not min-max). On ReLU
+sites that is the plain maximum and the result lies in [0, 1]; on signed sites
+(pre-activations, GELU, a LayerNorm'd SoLU ``hook_post``) it lies in [-1, 1], and an
+all-zero example stays 0 instead of dividing by ~0.
 For every unordered pair ``i < j`` of the batch whose labels differ, the dot product
 ``x_i . x_j`` is added; the sum runs over pairs and sites and is divided once by
 ``C(batch, 2)``::
@@ -67,12 +71,16 @@ def normalise_by_max(
 ) -> torch.Tensor:
     """Flatten ``x`` to ``(batch, features)`` and rescale each row as the penalty does.
 
-    ``soft``: each row divided by its own maximum + ``eps``. ``hard``: rows binarised
-    (``x > threshold``) in the forward value, with the soft row's gradient.
+    ``soft``: each row divided by its own maximum absolute value + ``eps`` (the
+    original's ``K.max(K.abs(x))``). ``hard``: rows binarised (``x > threshold``) in
+    the forward value, with the soft row's gradient.
+
+    >>> normalise_by_max(torch.tensor([[-1.0, -2.0], [0.0, 0.0]])).tolist()
+    [[-0.5, -1.0], [0.0, 0.0]]
     """
     _check_mode(mode)
     flat = x.reshape(x.shape[0], -1)
-    soft = flat / (flat.max(dim=1, keepdim=True).values + eps)
+    soft = flat / (flat.abs().max(dim=1, keepdim=True).values + eps)
     if mode == "soft":
         return soft
     hard = (flat > threshold).to(soft.dtype)
@@ -144,7 +152,7 @@ def polysemanticity_penalty_naive(
         for i in range(batch):
             xi = x[i].reshape(-1)
             if mode == "soft":
-                zi = xi / (xi.max() + eps)
+                zi = xi / (xi.abs().max() + eps)
             else:
                 zi = (xi > threshold).to(x.dtype)
             for j in range(i + 1, batch):
@@ -152,7 +160,7 @@ def polysemanticity_penalty_naive(
                     continue
                 xj = x[j].reshape(-1)
                 if mode == "soft":
-                    zj = xj / (xj.max() + eps)
+                    zj = xj / (xj.abs().max() + eps)
                 else:
                     zj = (xj > threshold).to(x.dtype)
                 total = total + torch.dot(zi, zj)
@@ -181,7 +189,8 @@ class PolysemanticityPenalty(ActivationRegularizer):
     mode
         ``"soft"`` (the seed's) or ``"hard"`` (binarised, straight-through gradient).
     eps
-        Added to each example's maximum before dividing.
+        Added to each example's maximum absolute value before dividing (the
+        original's 1e-9; it keeps an all-zero example at 0).
     threshold
         ``hard`` mode only: a unit fired when its activation is above this.
 
