@@ -64,7 +64,7 @@ def plot_training_curves(chunks: Sequence[Any], swept: Sequence[str]) -> Any:
             title="monosemantic neurons / N")
     ax2.set(xlabel="log2(step)", ylabel="mean first-layer bias", title="mean bias")
     if n_lines <= 12:
-        ax0.legend(fontsize=9, loc="upper right")
+        fig.legend(*ax0.get_legend_handles_labels(), loc="outside right upper", fontsize=9)
     return fig
 
 
@@ -144,7 +144,7 @@ def plot_activation_heatmaps(chunks: Sequence[Any], swept: Sequence[str],
 
 def plot_sorted_biases(chunks: Sequence[Any], swept: Sequence[str]) -> Any:
     """Each model's final first-layer biases, sorted, against neuron rank / k."""
-    fig, axes = new_figure(1, 1, width=7, height=4.2)
+    fig, axes = new_figure(1, 1, width=9, height=4.2)
     ax = axes[0, 0]
     var = swept[0] if swept else None
     for ds in chunks:
@@ -156,7 +156,7 @@ def plot_sorted_biases(chunks: Sequence[Any], swept: Sequence[str]) -> Any:
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="neuron rank / k", ylabel="final bias", title="sorted final biases")
     if len(ax.get_lines()) <= 13:
-        ax.legend(fontsize=9)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=9)
     return fig
 
 
