@@ -18,7 +18,15 @@ it works on plain modules, TransformerLens 4 bridges (hook names such as
 ``blocks.0.mlp.hook_post``) and ``nnsight.NNsight`` wrappers, attaches on ``__enter__``
 and removes exactly its own hooks when the block ends, however it ends. On one site,
 interventions run in the order they were attached. ``units=`` picks units on the
-``unit`` axis (named as in :class:`polysdk.probe.Probe`; override with ``dims=``).
+``unit`` axis and ``positions=`` tokens on the ``position`` axis (an int, a list of
+ints or a boolean ``(sample, position)`` mask; with ``attention_mask=`` ints count
+real tokens, ``-1`` = each text's last); everything else keeps its value. Axes are
+named by :mod:`polysdk.dims`, as in :class:`polysdk.probe.Probe` (override with
+``dims=``)::
+
+    with Steer(model, "encoder.layer.3.output", direction, scale=4.0, positions=-1,
+               attention_mask=batch["attention_mask"]):
+        out = model(**batch)            # only each text's last real token is steered
 """
 
 from polysdk.intervene.base import Compose, Intervention

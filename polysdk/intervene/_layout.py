@@ -1,10 +1,12 @@
 """Named-dimension helpers shared by the interventions (internal).
 
-A site's tensor has named dims, by the same rule as :class:`polysdk.probe.Probe`:
-2-D ``(sample, unit)``; 3-D ``(sample, position, unit)``; 4-D ``(sample, unit, y, x)``;
-otherwise ``(sample, dim_1, ...)``; or given per site with ``dims=``. Values that come
-from elsewhere (a statistic, a direction, a store's DataArray) are turned into tensors
-that broadcast against the site's tensor by these names.
+A site's tensor has named dims, by the rule of :mod:`polysdk.dims` (the one owner of
+it, shared with :class:`polysdk.probe.Probe`): 2-D ``(sample, unit)``; 3-D
+``(sample, position, unit)``; 4-D ``(sample, unit, y, x)``; otherwise
+``(sample, dim_1, ...)``; or given per site with ``dims=``. Values that come from
+elsewhere (a statistic, a direction, a store's DataArray) are turned into tensors that
+broadcast against the site's tensor by these names; chosen units and chosen
+positions become boolean tensors that broadcast the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import numpy as np
 import torch
 import xarray as xr
 
+from polysdk import dims as D
 from polysdk.errors import ConfigError, SiteError
-from polysdk.sites import default_dims
 
-__all__ = ["default_dims", "site_dims", "to_layout", "unit_mask", "per_site"]
+__all__ = ["position_mask", "site_dims", "to_layout", "unit_mask", "per_site"]
 
 
 def per_site(value: Any, site: str, what: str, sites: Sequence[str]) -> Any:
@@ -48,16 +50,7 @@ def check_site_keys(value: Any, what: str, sites: Sequence[str]) -> None:
 def site_dims(site: str, tensor: torch.Tensor, dims: Any, sites: Sequence[str]) -> tuple[str, ...]:
     """The dim names of ``tensor`` at ``site`` (from ``dims=`` or the default rule)."""
     given = per_site(dims, site, "dims", sites) if dims is not None else None
-    names = tuple(given) if given is not None else default_dims(tensor.ndim)
-    if len(names) != tensor.ndim or names[0] != "sample":
-        raise SiteError(
-            f"site {site!r} gives a tensor of shape {tuple(tensor.shape)} that does not "
-            f"fit dims {names}; pass dims={{{site!r}: (...)}} with one name per axis, "
-            f"'sample' first"
-        )
-    if "unit" not in names:
-        raise SiteError(f"dims {names} of site {site!r} have no 'unit' axis; name one 'unit'")
-    return names
+    return D.check_dims(None if given is None else tuple(given), tensor.shape, site=site, need_unit=True)
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -87,7 +80,7 @@ def to_layout(
     * a tensor with as many axes as the site's: as is.
     """
     ndim = len(names)
-    unit_axis = names.index("unit")
+    unit_axis = D.unit_axis(names, site=site)
     if isinstance(value, xr.DataArray):
         extra = [d for d in value.dims if d not in names]
         if extra:
@@ -140,7 +133,7 @@ def unit_mask(
     """A boolean tensor, true on the chosen units (shaped to broadcast), or ``None`` = all."""
     if units is None:
         return None
-    unit_axis = names.index("unit")
+    unit_axis = D.unit_axis(names, site=site)
     n_units = shape[unit_axis]
     u = torch.as_tensor(np.asarray(units) if not isinstance(units, torch.Tensor) else units)
     u = u.reshape(-1).to("cpu")
@@ -165,3 +158,70 @@ def unit_mask(
     view = [1] * len(names)
     view[unit_axis] = n_units
     return mask.reshape(view).to(device)
+
+
+def position_mask(
+    positions: Any,
+    names: tuple[str, ...],
+    shape: torch.Size,
+    device: torch.device,
+    site: str,
+    attention_mask: Any = None,
+) -> torch.Tensor | None:
+    """A boolean tensor, true at the chosen positions (shaped to broadcast against the
+    site's tensor), or ``None`` = every position.
+
+    ``positions`` is an int or a list of ints along the ``position`` dim (negative:
+    from the end), a boolean ``(position,)`` or ``(sample, position)`` mask, or
+    ``None``. With ``attention_mask`` (the batch's ``(sample, position)`` mask), ints
+    count each text's real tokens (``0`` its first, ``-1`` its last, whichever side
+    it is padded on), as :func:`polysdk.dims.select` does.
+    """
+    if positions is None:
+        return None
+    if D.POSITION not in names:
+        raise SiteError(
+            f"positions= needs a 'position' dim, but site {site!r} has dims {names} (shape "
+            f"{tuple(shape)}); name the sequence axis 'position' with dims="
+        )
+    axis = names.index(D.POSITION)
+    n, length = int(shape[0]), int(shape[axis])
+    p = positions if isinstance(positions, torch.Tensor) else torch.as_tensor(np.asarray(positions))
+    p = p.to("cpu")
+    if p.dtype == torch.bool:
+        if p.ndim == 1 and p.shape[0] == length:
+            chosen = p[None, :]
+        elif p.ndim == 2 and tuple(p.shape) == (n, length):
+            chosen = p
+        else:
+            raise SiteError(
+                f"a boolean positions mask for site {site!r} needs shape ({length},) or "
+                f"({n}, {length}) (sample, position), got {tuple(p.shape)}"
+            )
+    else:
+        if p.is_floating_point() or p.ndim > 1:
+            raise ConfigError(
+                f"positions must be an int, a list of ints or a boolean (sample, position) "
+                f"mask, got {tuple(p.shape)} values of dtype {p.dtype}"
+            )
+        wanted = [int(k) for k in p.reshape(-1).tolist()]
+        if attention_mask is None:
+            bad = [k for k in wanted if not -length <= k < length]
+            if bad:
+                raise SiteError(
+                    f"positions {bad} are out of range for site {site!r}, which has {length} "
+                    f"positions (axis {axis} of shape {tuple(shape)})"
+                )
+            chosen = torch.zeros(1, length, dtype=torch.bool)
+            chosen[0, [k % length for k in wanted]] = True
+        else:
+            # each text's real positions, through the dims rule: select the wanted
+            # positions of an index tensor (sample, position, 1) under the mask
+            index = torch.arange(length).expand(n, length)[..., None]
+            picked, _, _ = D.select(index, (D.SAMPLE, D.POSITION, D.UNIT), wanted, mask=attention_mask,
+                                    site=site, name="positions")
+            chosen = torch.zeros(n, length, dtype=torch.bool)
+            chosen.scatter_(1, picked[..., 0].to("cpu").long(), True)
+    view = [1] * len(names)
+    view[0], view[axis] = chosen.shape[0], length
+    return chosen.reshape(view).to(device)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from polysdk.errors import ConfigError
-from polysdk.intervene._layout import check_site_keys, per_site, site_dims, unit_mask
+from polysdk.intervene._layout import check_site_keys, per_site, position_mask, site_dims, unit_mask
 from polysdk.sites import Capture, HookedComponent, SiteSpec, TensorKey
 
 __all__ = ["Compose", "Intervention"]
@@ -38,9 +38,18 @@ class Intervention(HookedComponent):
     units
         Which units to edit: ``None`` (all), an int, a list of ints, a boolean mask over
         the unit axis, or a ``{site: units}`` mapping.
+    positions
+        Which positions to edit along the ``position`` dim: ``None`` (all), an int, a
+        list of ints (negative: from the end), a boolean ``(sample, position)`` (or
+        ``(position,)``) mask, or a ``{site: positions}`` mapping. Other positions keep
+        their values.
+    attention_mask
+        The ``(sample, position)`` attention mask of the batch being run: int
+        ``positions`` then count each text's real tokens (``-1`` is its last real
+        token on right or left padding, never a pad).
     dims
         The names of the site tensor's axes, e.g. ``("sample", "position", "unit")``, or a
-        ``{site: dims}`` mapping; by default the rule of :class:`polysdk.probe.Probe`
+        ``{site: dims}`` mapping; by default the rule of :mod:`polysdk.dims`
         (2-D ``(sample, unit)``, 3-D ``(sample, position, unit)``, 4-D
         ``(sample, unit, y, x)``).
     capture, key
@@ -57,14 +66,19 @@ class Intervention(HookedComponent):
         sites: SiteSpec | Sequence[SiteSpec],
         *,
         units: Any = None,
+        positions: Any = None,
+        attention_mask: Any = None,
         dims: Any = None,
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
         super().__init__(model, sites, capture=capture, key=key)
         self.units = units
+        self.positions = positions
+        self.attention_mask = attention_mask
         self.dims = dims
         check_site_keys(units, "units", self.site_names)
+        check_site_keys(positions, "positions", self.site_names)
         check_site_keys(dims, "dims", self.site_names)
 
     # -- to implement ---------------------------------------------------------------
@@ -83,9 +97,16 @@ class Intervention(HookedComponent):
             new = torch.as_tensor(new)
         new = new.to(device=tensor.device, dtype=tensor.dtype)
         units = per_site(self.units, site, "units", self.site_names)
-        mask = unit_mask(units, names, tensor.shape, tensor.device, site)
-        if mask is None:
-            mask = torch.ones((), dtype=torch.bool, device=tensor.device)
+        positions = per_site(self.positions, site, "positions", self.site_names)
+        chosen = [
+            m for m in (
+                unit_mask(units, names, tensor.shape, tensor.device, site),
+                position_mask(positions, names, tensor.shape, tensor.device, site, self.attention_mask),
+            ) if m is not None
+        ]
+        mask = torch.ones((), dtype=torch.bool, device=tensor.device)
+        for m in chosen:
+            mask = mask & m
         # torch.where builds a fresh tensor of the site's shape (never a view or an
         # expanded tensor) and keeps the gradient of both branches.
         return torch.where(mask, new, tensor)
@@ -102,7 +123,8 @@ class Intervention(HookedComponent):
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
-        return f"{type(self).__name__}(sites={self.site_names}, units={self.units!r}, {state})"
+        where = "" if self.positions is None else f", positions={self.positions!r}"
+        return f"{type(self).__name__}(sites={self.site_names}, units={self.units!r}{where}, {state})"
 
 
 class Compose:

@@ -71,6 +71,8 @@ class Ablate(Intervention):
         source: Any = None,
         mean_over: Sequence[str] = ("sample",),
         seed: int | None = 0,
+        positions: Any = None,
+        attention_mask: Any = None,
         dims: Any = None,
         capture: Capture = "output",
         key: TensorKey = None,
@@ -82,7 +84,8 @@ class Ablate(Intervention):
                 f"Ablate(method={method!r}) needs source=: an ActivationStore recorded on "
                 f"these sites, a {{site: DataArray}} mapping, or a DataArray/Tensor"
             )
-        super().__init__(model, sites, units=units, dims=dims, capture=capture, key=key)
+        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
+                         dims=dims, capture=capture, key=key)
         self.method = method
         self.source = source
         self.mean_over = tuple(mean_over)
@@ -171,11 +174,14 @@ class Clamp(Intervention):
         value: Any,
         *,
         units: Any = None,
+        positions: Any = None,
+        attention_mask: Any = None,
         dims: Any = None,
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
-        super().__init__(model, sites, units=units, dims=dims, capture=capture, key=key)
+        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
+                         dims=dims, capture=capture, key=key)
         check_site_keys(value, "value", self.site_names)
         self.value = value
 
@@ -208,11 +214,14 @@ class Steer(Intervention):
         scale: float = 1.0,
         normalize: bool = False,
         units: Any = None,
+        positions: Any = None,
+        attention_mask: Any = None,
         dims: Any = None,
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
-        super().__init__(model, sites, units=units, dims=dims, capture=capture, key=key)
+        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
+                         dims=dims, capture=capture, key=key)
         check_site_keys(direction, "direction", self.site_names)
         self.direction = direction
         self.scale = scale

@@ -57,8 +57,9 @@ class Patch(Intervention):
     store, samples
         An ``ActivationStore`` (or ``{site: DataArray | Tensor}``) and the recorded sample
         index for each example of the target batch.
-    units, dims, capture, key
-        As for :class:`~polysdk.intervene.Intervention`.
+    units, positions, attention_mask, dims, capture, key
+        As for :class:`~polysdk.intervene.Intervention` (``positions=`` patches chosen
+        tokens only).
 
     The patched values must match the target run's shape (a batch of 1 broadcasts):
     otherwise a :class:`~polysdk.errors.SiteError` says which site and which shapes.
@@ -74,6 +75,8 @@ class Patch(Intervention):
         store: Any = None,
         samples: Sequence[int] | torch.Tensor | None = None,
         units: Any = None,
+        positions: Any = None,
+        attention_mask: Any = None,
         dims: Any = None,
         capture: Capture = "output",
         key: TensorKey = None,
@@ -91,7 +94,8 @@ class Patch(Intervention):
             )
         if samples is not None and store is None:
             raise ConfigError("samples= only applies with store=")
-        super().__init__(model, sites, units=units, dims=dims, capture=capture, key=key)
+        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
+                         dims=dims, capture=capture, key=key)
         check_site_keys(activations, "activations", self.site_names)
         self.input = input
         self.activations = activations
