@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from polysdk import dims as D
 from polysdk.errors import ConfigError
 
 __all__ = ["SamplePool", "site_source"]
@@ -61,11 +62,11 @@ def mean_of(data: Any, over: Sequence[str]) -> Any:
     already; a DataArray with ``sample`` is reduced (lazily with dask, then loaded).
     """
     if isinstance(data, xr.DataArray):
-        if "sample" not in data.dims:
+        if D.SAMPLE not in data.dims:
             return data
         dims = [d for d in over if d in data.dims]
-        if "sample" not in dims:
-            dims = ["sample", *dims]
+        if D.SAMPLE not in dims:
+            dims = [D.SAMPLE, *dims]
         return data.astype("float64").mean(dim=dims).compute()
     return data
 
@@ -79,12 +80,12 @@ class SamplePool:
 
     def __init__(self, data: Any, site: str, what: str) -> None:
         if isinstance(data, xr.DataArray):
-            if "sample" not in data.dims:
+            if D.SAMPLE not in data.dims:
                 raise ConfigError(
                     f"{what}: the activations of site {site!r} have dims {data.dims} and no "
                     f"'sample' dim to draw from"
                 )
-            self.size = int(data.sizes["sample"])
+            self.size = int(data.sizes[D.SAMPLE])
         else:
             data = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
             if data.ndim < 2:
