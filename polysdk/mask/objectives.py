@@ -36,7 +36,8 @@ class Contrastive:
     """``BCEWithLogits(act, labels)``: the subnetwork separates the two clusters.
 
     ``act`` must be one value per input: pass a ``position`` to the masker, or the
-    remaining axes are reduced by ``reduce`` (``"mean"``, ``"max"`` or ``"sum"``).
+    remaining axes are reduced by ``reduce`` (``"mean"``, ``"max"`` or ``"sum"``; over
+    the real tokens only when a ``mask`` comes with them).
     Labels are 0/1 (inputs labelled otherwise must be dropped before, as the masker
     does with noise ``-1``).
     """
