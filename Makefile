@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/plugin_package/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -18,8 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/polysdk run toy-models --batch LR1 --quick --out runs/demo
 
+# tests and the package's doctests (testpaths and --doctest-modules in pyproject.toml)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 tests polysdk
 
 clean:
 	rm -rf $(VENV) runs
