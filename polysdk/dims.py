@@ -299,7 +299,7 @@ def select(
     if sel.kind in ("mean", "max", "sum"):
         axes = tuple(names.index(d) for d in extra)
         out_dims = tuple(d for d in names if d not in extra)
-        xf = x.float()
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
         if m is None:
             out = {"mean": xf.mean, "sum": xf.sum, "max": xf.amax}[sel.kind](axes)
             return out, out_dims, {}
