@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/capture.py                      # both models, the default size
     python benchmarks/capture.py --model tl --batches 48
+    python benchmarks/capture.py --model text --batches 8   # MiniLM, per-token store
     python benchmarks/capture.py --out-of-core 6      # polysdk at growing sizes up to 6 GB
     python benchmarks/capture.py --threads 1          # leave a core to the writer
     python benchmarks/capture.py --model cnn --warm 4 # one warm process, alternating
@@ -430,7 +431,9 @@ def breakdown(model_kind: str, n_batches: int, rounds: int, workdir: str) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["tl", "cnn", "both"], default="both")
+    parser.add_argument("--model", choices=["tl", "cnn", "both", "text"], default="both",
+                        help="text: MiniLM with dynamic padding into a per-token store "
+                        "(benchmarks/capture_text.py; --batches = batches of 32 texts)")
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5,
                         help="round-robin repeats: the best time, and the median ratio per round")
@@ -454,6 +457,11 @@ def main() -> None:
     parser.add_argument("--one", choices=METHODS)
     parser.add_argument("--workdir")
     args = parser.parse_args()
+    if args.model == "text":  # the text row: its own methods (flat vs padded layout)
+        here = os.path.dirname(os.path.abspath(__file__))
+        cmd = [sys.executable, os.path.join(here, "capture_text.py"), "--texts", str(32 * args.batches),
+               "--repeats", str(args.repeats)]
+        raise SystemExit(subprocess.call(cmd))
     if args.threads:
         os.environ["CAPTURE_THREADS"] = str(args.threads)
     if args.steady_malloc:
