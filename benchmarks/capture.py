@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -40,18 +39,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _harness import peak_rss_mb, rss_mb  # shared helpers (benchmarks/_harness.py)
+
 METHODS = ["bare", "polysdk", "polysdk_nocomp", "polysdk_zstd", "list", "tl_cache", "nnsight", "zarr_sync"]
 TL_SITES = [f"blocks.{i}.mlp.hook_post" for i in range(4)]
 CNN_SITES = ["features.3", "features.6", "features.8"]
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build(model_kind: str):

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _harness import peak_rss_mb  # shared helpers (benchmarks/_harness.py)
 
 METHODS = ("bare", "flat", "padded", "list")
 SITES = "encoder.layer.*.intermediate"
@@ -113,7 +114,7 @@ def run_one(method: str, n_texts: int, batch: int, workdir: str) -> dict:
     written = disk_bytes(path) if path.exists() else sum(t.numel() * t.element_size() for t in kept)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     return {"seconds": seconds, "bytes": written, "tokens": tokens,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:

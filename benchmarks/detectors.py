@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _harness import timed  # shared helpers (benchmarks/_harness.py)
+
 import numpy as np
 
 from polysdk.data import make_planted_classes, make_planted_concepts, precision_recall
@@ -155,11 +157,7 @@ def units_scaling(quick: bool) -> None:
     table(f"Time as units grow ({n} samples)", ["detector"] + [f"{u} units" for u in sizes], out)
 
 
-def _time(fn: Callable[[], Any]) -> float:
-    gc.collect()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+_time = timed   # the shared helper (benchmarks/_harness.py)
 
 
 # ------------------------------------------------------------------ 3. samples

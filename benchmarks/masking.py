@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import time
 from typing import Any
+
+from _harness import peak_rss_mb  # shared helpers (benchmarks/_harness.py)
 
 import torch
 
@@ -124,7 +125,7 @@ def _peak_child(name: str, args: argparse.Namespace, queue: Any) -> None:
     if args.device.startswith("cuda"):
         queue.put(torch.cuda.max_memory_allocated() / 2**20)
     else:
-        queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        queue.put(peak_rss_mb())
 
 
 CASES = [

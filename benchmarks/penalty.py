@@ -26,24 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
+from _harness import peak_rss_mb, rss_mb  # shared helpers (benchmarks/_harness.py)
+
 METHODS = ["naive", "soft", "hard", "step", "step+soft"]
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 GROUPS = {"naive": ["naive"], "vectorised": ["soft", "hard"], "train": ["step", "step+soft"]}

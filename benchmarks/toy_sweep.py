@@ -32,9 +32,10 @@ import argparse
 import copy
 import multiprocessing as mp
 import os
-import resource
 import time
 from typing import Any
+
+from _harness import peak_rss_mb  # shared helpers (benchmarks/_harness.py)
 
 SIZES = {
     # the quick scale of ``ToyModelStudy(quick=True)``; steps shortened for timing
@@ -181,7 +182,7 @@ def _child(arm: str, size: str, K: int, log2_steps: int | None, log2_batch: int 
     t0 = time.perf_counter()
     out = ARMS[arm][1](cfgs, seeds, device)
     out["seconds"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     queue.put(out)
 
 
