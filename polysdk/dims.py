@@ -48,6 +48,7 @@ __all__ = [
     "UNIT",
     "Selection",
     "check_dims",
+    "coord_dims",
     "default_dims",
     "extra_dims",
     "flatten_tokens",
@@ -110,6 +111,14 @@ def check_dims(
     if need_unit and UNIT not in names:
         raise SiteError(f"dims {names} of site {site!r} have no 'unit' axis; name one 'unit'")
     return names
+
+
+def coord_dims(name: str, ndim: int, row: str = SAMPLE) -> tuple[str, ...]:
+    """Dims of a per-row coordinate given without them: ``(row,)``; 2-D ``(row,
+    position)`` (token ids, masks); otherwise ``(row, <name>_dim1, ...)``."""
+    if ndim == 2:
+        return (row, POSITION)
+    return (row, *(f"{name}_dim{i}" for i in range(1, ndim)))
 
 
 def unit_axis(names: Sequence[str], *, site: str = "") -> int:

@@ -93,10 +93,7 @@ class Schema:
                     f"(e.g. {name}_value)"
                 )
             if cd is None:
-                extra = ("position",) if arr.ndim == 2 else tuple(
-                    f"{name}_dim{i}" for i in range(1, arr.ndim)
-                )
-                cd = (row, *extra)
+                cd = D.coord_dims(name, arr.ndim, row)
             if arr.ndim == 0 or arr.shape[0] != n or len(cd) != arr.ndim or cd[0] != row:
                 raise StoreSchemaError(
                     f"coordinate {name!r}: shape {arr.shape} with dims {cd} must have {n} "
