@@ -269,7 +269,7 @@ class Probe(HookedComponent):
         if names[0] == D.TOKEN:
             rows = extra[D.SAMPLE]
             m = fwd.mask.bool().cpu().numpy()
-            out: dict[str, Any] = {k: ((D.TOKEN, *(f"{k}_dim{i}" for i in range(1, v.ndim))), v[rows])
+            out: dict[str, Any] = {k: (D.coord_dims(k, v.ndim, D.TOKEN), v[rows])
                                    for k, v in per_sample.items()}
             out[D.SAMPLE] = ((D.TOKEN,), rows + start)
             out[D.POSITION] = ((D.TOKEN,), extra[D.POSITION])
@@ -465,7 +465,7 @@ def _to_dataarray(value: torch.Tensor, names: tuple[str, ...], coords: Mapping[s
             out[name] = v
         else:
             v = np.asarray(v)
-            out[name] = ((names[0], *(f"{name}_dim{i}" for i in range(1, v.ndim))), v)
+            out[name] = (D.coord_dims(name, v.ndim, names[0]), v)
     return xr.DataArray(array, dims=names, coords=out, name="activation")
 
 
