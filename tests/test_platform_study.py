@@ -155,3 +155,21 @@ def test_a_failing_unit_keeps_the_others(tmp_path, monkeypatch) -> None:
     fail["on"] = False
     cls(quick=True, progress=False).run(out=tmp_path / "run", report=False)
     assert ActivationStore(tmp_path / "run" / "results.zarr").list_results() == UNITS
+
+
+def test_scheduler_option_runs_the_units_on_that_cluster(tmp_path, capsys) -> None:
+    from distributed import LocalCluster
+
+    trace = tmp_path / "trace.txt"
+    with LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
+                      dashboard_address=None) as cluster:
+        rc = main(["run", "example-noise", "--quick", "--out", str(tmp_path / "run"),
+                   "--scheduler", cluster.scheduler_address, "--set", f"trace={trace}"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(_starts(trace)) == UNITS
+    assert ActivationStore(tmp_path / "run" / "results.zarr").list_results() == UNITS
+    assert main(["run", "example-noise", "--quick", "--out", str(tmp_path / "x"),
+                 "--scheduler", "tcp://127.0.0.1:1", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("polysdk: error: cannot reach the dask scheduler") and \
+        err.count("\n") == 1

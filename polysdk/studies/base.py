@@ -350,7 +350,7 @@ class Study(Generic[C]):
 
         own = isinstance(client, str)
         if own:
-            client = Client(client)
+            client = _connect(Client, client)
         try:
             futures = {client.submit(_run_unit_task, self, unit, pure=False,
                                      key=f"{self.name}-{unit.name}-{unit.seed}-{id(self)}"):
@@ -382,6 +382,16 @@ class Study(Generic[C]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+def _connect(client_cls: Any, address: str, timeout: str = "10s") -> Any:
+    """A client of the scheduler at ``address``; ConfigError when it cannot be reached."""
+    try:
+        return client_cls(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as err:
+        raise ConfigError(f"cannot reach the dask scheduler at {address!r} ({type(err).__name__}"
+                          f": {err}); start one (`dask scheduler`) or leave out --scheduler."
+                          ) from err
 
 
 def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
