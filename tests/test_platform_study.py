@@ -96,7 +96,7 @@ def test_units_on_a_thread_cluster_give_the_same_numbers(tmp_path) -> None:
               progress=False, N=16, m=4, k=8, log2_batch_size=4, log2_training_steps=5)
     ToyModelStudy("B3", **kw).run(out=tmp_path / "local", report=False)
     with LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         ToyModelStudy("B3", **kw, client=client).run(out=tmp_path / "dask")
     a = ActivationStore(tmp_path / "local" / "results.zarr")
     b = ActivationStore(tmp_path / "dask" / "results.zarr")
@@ -117,7 +117,7 @@ def test_a_worker_that_dies_loses_only_its_unit(tmp_path) -> None:
     study = get_study("example-noise")(quick=True, progress=False, trace=str(trace),
                                        die_once="noise/uniform")
     with LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         study.run(out=tmp_path / "run", report=False, client=client)
     starts = _starts(trace)
     assert sorted(starts) == ["noise/normal", "noise/uniform", "noise/uniform"]
@@ -148,7 +148,7 @@ def test_a_failing_unit_keeps_the_others(tmp_path, monkeypatch) -> None:
     fail = {"on": True}
     monkeypatch.setattr(cls, "run_unit", failing)
     with LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         with pytest.raises(UnitError, match="noise/uniform.*Re-run"):
             cls(quick=True, progress=False).run(out=tmp_path / "run", client=client)
     assert ActivationStore(tmp_path / "run" / "results.zarr").list_results() == ["noise/normal"]
@@ -162,7 +162,7 @@ def test_scheduler_option_runs_the_units_on_that_cluster(tmp_path, capsys) -> No
 
     trace = tmp_path / "trace.txt"
     with LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
-                      dashboard_address=None) as cluster:
+                      dashboard_address=":0") as cluster:
         rc = main(["run", "example-noise", "--quick", "--out", str(tmp_path / "run"),
                    "--scheduler", cluster.scheduler_address, "--set", f"trace={trace}"])
     assert rc == 0, capsys.readouterr().err
