@@ -74,6 +74,8 @@ class Interval(Constraint):
                     return False
             except ImportError:  # pragma: no cover
                 return False
+        if value != value:  # NaN (numpy scalars reach here too)
+            return False
         if self.integer and int(value) != value:
             return False
         left = self.closed in ("both", "left")
