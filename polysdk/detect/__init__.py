@@ -14,10 +14,12 @@ model's weights and feature embedding). Third-party detectors register through t
 from polysdk.detect.base import Detector, available_detectors, get_detector_class, register
 from polysdk.detect.capacity import FeatureCapacity
 from polysdk.detect.class_selectivity import ClassSelectivity
+from polysdk.detect.clusterability import Clusterability  # noqa: F401  (weight-graph n-cut)
 from polysdk.detect.concept_ranking import ConceptRanking
 from polysdk.detect.concept_sets import ConceptSets
+from polysdk.detect.dictionary import DictionaryFeatures
 from polysdk.detect.hdbscan_clusters import HDBSCANClusters
 
-__all__ = ["Detector", "register", "available_detectors", "get_detector_class",
+__all__ = ["Detector", "register", "available_detectors", "get_detector_class", "DictionaryFeatures",
            "ClassSelectivity", "HDBSCANClusters", "ConceptSets",
            "ConceptRanking", "FeatureCapacity"]
