@@ -32,7 +32,6 @@ so dynamically padded batches of any length go into one store.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -41,14 +40,14 @@ import torch
 import xarray as xr
 
 from polysdk import dims as D
+from polysdk.batches import batch_size, default_coords, default_forward, fingerprint, model_inputs
 from polysdk.errors import ConfigError, ResumeMismatchError, SiteError
-from polysdk.sites import HookedComponent, SiteSpec, unwrap_model
+from polysdk.sites import HookedComponent, SiteSpec
 
-__all__ = ["Probe", "fingerprint"]
+__all__ = ["Probe"]
 
 Reduce = str | int | tuple[int, ...] | Sequence[int]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_COORD_KEYS = ("label", "labels", "id", "ids")
 _MASK_KEY = "attention_mask"
 _TOKEN_KEY = "input_ids"
 
@@ -322,12 +321,12 @@ class Probe(HookedComponent):
         batches = tqdm(data, total=total, desc="probe", unit="batch", disable=not progress)
         with self, torch.set_grad_enabled(grad):
             for i, batch in enumerate(batches):
-                fp = fingerprint(*_model_inputs(batch))
+                fp = fingerprint(*model_inputs(batch))
                 if i < len(committed):
                     self._check_resumed(i, fp, committed[i].fingerprint)
                     continue
                 if by_count:
-                    size = _batch_size(batch)
+                    size = batch_size(batch)
                     if size > by_count:
                         raise ResumeMismatchError(
                             f"resume=True by count: the store's {self.store.n_samples} samples "
@@ -337,10 +336,10 @@ class Probe(HookedComponent):
                     continue
                 self._next = {
                     "mask": mask(batch) if mask is not None else None,
-                    "coords": (coords or _default_coords)(batch),
+                    "coords": (coords or default_coords)(batch),
                     "fingerprint": fp,
                 }
-                (forward or _default_forward)(self.model, batch)
+                (forward or default_forward)(self.model, batch)
                 self._next = None
                 if any(self._captured.values()):  # forward= called a submodule
                     self._finish_forward()
@@ -383,49 +382,6 @@ class Probe(HookedComponent):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def fingerprint(*args: Any, **kwargs: Any) -> str:
-    """A short hash of a batch's model inputs (every tensor, by position and keyword).
-
-    Hashes each tensor's dtype, shape and up to 64 Ki elements spread evenly over it
-    (all of a small tensor), so computing it costs microseconds, not a pass over the
-    data. Used to prove that a resumed run feeds the same batches.
-    """
-    h = hashlib.blake2b(digest_size=8)
-
-    def add(name: str, value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            flat = value.detach().reshape(-1)
-            if flat.numel() > 65536:
-                idx = torch.linspace(0, flat.numel() - 1, 65536, device=flat.device).long()
-                flat = flat[idx]
-            h.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-            h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        elif isinstance(value, np.ndarray):
-            add(name, torch.as_tensor(value))
-        elif isinstance(value, Mapping):
-            for k in sorted(value, key=str):
-                add(f"{name}.{k}", value[k])
-        elif isinstance(value, (tuple, list)):
-            for j, v in enumerate(value):
-                add(f"{name}[{j}]", v)
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            h.update(f"{name}={value!r}".encode())
-
-    for j, a in enumerate(args):
-        add(f"[{j}]", a)
-    for k in sorted(kwargs):
-        add(k, kwargs[k])
-    return h.hexdigest()
-
-
-def _model_inputs(batch: Any) -> tuple[tuple, dict]:
-    if isinstance(batch, Mapping):
-        return (), {k: v for k, v in batch.items() if k not in _COORD_KEYS}
-    if isinstance(batch, (tuple, list)):
-        return (batch[0],), {}
-    return (batch,), {}
 
 
 def _n_samples(fwd: _Forward, parts: Mapping[str, tuple[torch.Tensor, tuple[str, ...], dict]]) -> int:
@@ -473,33 +429,3 @@ def _to_numpy(values: Any) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return np.asarray(values)
-
-
-def _batch_size(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0])
-    if isinstance(batch, Mapping):
-        first = next(v for v in batch.values() if hasattr(v, "__len__"))
-        return len(first)
-    if isinstance(batch, (tuple, list)):
-        return _batch_size(batch[0])
-    raise SiteError(f"cannot tell the batch size of a {type(batch).__name__}; pass forward=")
-
-
-def _default_forward(model: Any, batch: Any) -> Any:
-    module = unwrap_model(model)
-    if isinstance(batch, torch.Tensor):
-        return module(batch)
-    if isinstance(batch, Mapping):
-        return module(**{k: v for k, v in batch.items() if k not in _COORD_KEYS})
-    if isinstance(batch, (tuple, list)):
-        return module(batch[0])
-    raise SiteError(f"cannot feed a batch of type {type(batch).__name__} to the model; pass forward=")
-
-
-def _default_coords(batch: Any) -> dict[str, Any]:
-    if isinstance(batch, Mapping):
-        return {k.rstrip("s") if k in ("labels", "ids") else k: v for k, v in batch.items() if k in _COORD_KEYS}
-    if isinstance(batch, (tuple, list)) and len(batch) > 1:
-        return {"label": batch[1]}
-    return {}
