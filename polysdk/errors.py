@@ -60,6 +60,11 @@ class ConfigError(PolysdkError, ValueError):
     """A study, component or parameter configuration is invalid."""
 
 
+class FitKeywordError(ConfigError, TypeError):
+    """``fit`` got a keyword it does not take (a ``ConfigError`` and a ``TypeError``,
+    as Python raises for an unexpected keyword)."""
+
+
 def closest_names(name: str, candidates: list[str], n: int = 5) -> list[str]:
     """Return up to ``n`` candidates closest to ``name`` (for helpful error messages)."""
     import difflib

@@ -17,18 +17,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from polysdk.errors import ConfigError, DetectorInputError, closest_names
+from polysdk.errors import ConfigError, DetectorInputError, FitKeywordError, closest_names
 
 __all__ = ["FitKeywordError", "check_dims", "check_fit_keywords", "fit_keywords",
            "resolve_labels", "resolve_site", "source_site"]
 
 #: the keywords of ``Detector.fit`` itself
 FIT_OWN = ("labels", "site", "client")
-
-
-class FitKeywordError(ConfigError, TypeError):
-    """``fit`` got a keyword it does not take (a ``ConfigError`` and a ``TypeError``,
-    as Python raises for an unexpected keyword)."""
 
 
 def _zarr_sites(da: xr.DataArray) -> set[str]:
