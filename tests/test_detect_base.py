@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import polysdk.detect.base as base
 from polysdk.data import make_planted_classes, make_planted_concepts
 from polysdk.detect import (
     ClassSelectivity,
@@ -20,6 +19,7 @@ from polysdk.detect import (
     available_detectors,
     register,
 )
+from polysdk.detect._registry import DETECTORS
 from polysdk.errors import ConfigError, DetectorInputError, NotFittedError, SiteNotFoundError
 from polysdk.store import ActivationStore
 
@@ -37,9 +37,16 @@ class Spread(Detector):
 
 
 @pytest.fixture
-def clean_registry(monkeypatch):
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    return base._REGISTRY
+def clean_registry():
+    """Names registered by the test are forgotten after it (earlier ones restored)."""
+    before = {n: DETECTORS.get(n) for n, where in DETECTORS.sources().items()
+              if where == "registered"}
+    yield DETECTORS
+    for name, where in DETECTORS.sources().items():
+        if where == "registered":
+            DETECTORS.unregister(name)
+    for name, cls in before.items():
+        DETECTORS.register(name, cls)
 
 
 def _acts(values, **coords):
@@ -54,7 +61,7 @@ def test_params_repr_clone_and_set_params():
     assert det.set_params(note="y") is det and det.note == "y"
     twin = det.clone()
     assert twin is not det and twin.get_params() == det.get_params()
-    with pytest.raises(ConfigError, match="no parameter 'cutt'.*valid parameters"):
+    with pytest.raises(ConfigError, match="no parameter 'cutt'; did you mean 'cut'"):
         det.set_params(cutt=1)
 
 
@@ -118,7 +125,7 @@ def test_entry_point_group_is_read(clean_registry, monkeypatch):
         calls.append(group)
         return [ep] if group == "polysdk.detectors" else []
 
-    monkeypatch.setattr(base.metadata, "entry_points", fake_entry_points)
+    monkeypatch.setattr(md, "entry_points", fake_entry_points)
     det = Detector.from_name("fake_plugin", cut=3.0)
     assert type(det).__name__ == "Spread" and det.cut == 3.0
     assert calls and set(calls) == {"polysdk.detectors"}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from polysdk.detect import Detector
+from polysdk.detect import BaseDetector, Detector, WeightDetector
 from polysdk.detect.capacity import FeatureCapacity, monosemanticity
-from polysdk.errors import DetectorInputError, NotFittedError
+from polysdk.errors import ConfigError, DetectorInputError, NotFittedError
 from polysdk.models.toy import ToyConfig, ToyModels
 
 # neurons x features, scores by hand: max / (1e-10 + sum)
@@ -62,7 +62,9 @@ def test_detector_on_sequential_with_embedding() -> None:
         model[0].bias.zero_()
     E = torch.eye(3)
     det = FeatureCapacity().fit(model, embedding=E)
-    assert det is not None and isinstance(det, Detector)
+    # a weight-based detector: a sibling of Detector (which reads recordings)
+    assert isinstance(det, WeightDetector) and isinstance(det, BaseDetector)
+    assert not isinstance(det, Detector)
     r = det.result_
     assert list(r.sizes) == ["unit", "feature"] or set(r.dims) == {"unit", "feature"}
     assert r["monosemantic"].values.tolist() == [True, True, False, False]
@@ -99,8 +101,13 @@ def test_detector_errors() -> None:
         FeatureCapacity().fit(model)
     with pytest.raises(DetectorInputError, match="m x N"):
         FeatureCapacity().fit(model, embedding=torch.eye(5))
-    with pytest.raises(DetectorInputError, match="threshold"):
-        FeatureCapacity(threshold=2).fit(A)
+    with pytest.raises(ConfigError, match=r"threshold=2\): threshold must be a number in "
+                                          r"\(0, 1\]; got 2"):
+        FeatureCapacity(threshold=2)
+    det = FeatureCapacity()
+    det.threshold = 0.0  # set by hand, past the constructor: fit checks again
+    with pytest.raises(ConfigError, match=r"threshold=0\.0"):
+        det.fit(A)
     with pytest.raises(DetectorInputError, match="NaN"):
         FeatureCapacity().fit(np.full((2, 2), np.nan))
 

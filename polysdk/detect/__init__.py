@@ -7,11 +7,13 @@
 
 Built-ins: ``class_selectivity`` (seed 001), ``hdbscan`` (seed 000), ``concept_sets``
 (seed 003), ``concept_ranking`` (seed 004), ``feature_capacity`` (seed 002, from a
-model's weights and feature embedding). Third-party detectors register through the
-``polysdk.detectors`` entry-point group (see docs/detectors.md).
+model's weights and feature embedding; a ``WeightDetector``). Third-party detectors
+register through the ``polysdk.detectors`` entry-point group (see docs/detectors.md);
+names are resolved by ``DETECTORS``, a :class:`polysdk.registry.Registry`.
 """
 
-from polysdk.detect.base import Detector, available_detectors, get_detector_class, register
+from polysdk.detect._registry import DETECTORS, available_detectors, get_detector_class, register
+from polysdk.detect.base import BaseDetector, Detector, WeightDetector
 from polysdk.detect.capacity import FeatureCapacity
 from polysdk.detect.class_selectivity import ClassSelectivity
 from polysdk.detect.clusterability import Clusterability  # noqa: F401  (weight-graph n-cut)
@@ -20,6 +22,7 @@ from polysdk.detect.concept_sets import ConceptSets
 from polysdk.detect.dictionary import DictionaryFeatures
 from polysdk.detect.hdbscan_clusters import HDBSCANClusters
 
-__all__ = ["Detector", "register", "available_detectors", "get_detector_class", "DictionaryFeatures",
+__all__ = ["BaseDetector", "Detector", "WeightDetector", "DETECTORS", "register",
+           "available_detectors", "get_detector_class", "DictionaryFeatures",
            "ClassSelectivity", "HDBSCANClusters", "ConceptSets",
            "ConceptRanking", "FeatureCapacity"]

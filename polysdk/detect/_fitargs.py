@@ -6,6 +6,9 @@
 * :func:`check_fit_keywords`: every keyword given to ``fit`` must be one ``fit`` or the
   detector's ``_detect`` takes; a typo (``lables=``) raises, naming the closest one.
 * :func:`check_dims`, :func:`resolve_labels`: the dims and labels every detector needs.
+  The rows are ``sample`` or, for flat per-token text, ``token`` (``polysdk.dims.ROW_DIMS``);
+  text labels may be per text or per token (along ``token``, or (``sample``,
+  ``position``) on a padded array).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from polysdk.dims import POSITION, ROW_DIMS, SAMPLE, TOKEN, UNIT
 from polysdk.errors import ConfigError, DetectorInputError, FitKeywordError, closest_names
 
 __all__ = ["FitKeywordError", "check_dims", "check_fit_keywords", "fit_keywords",
-           "resolve_labels", "resolve_site", "source_site"]
+           "passes_client", "resolve_labels", "resolve_site", "source_site"]
 
 #: the keywords of ``Detector.fit`` itself
 FIT_OWN = ("labels", "site", "client")
@@ -98,6 +102,12 @@ def fit_keywords(cls: type) -> list[str]:
     return list(dict.fromkeys([*FIT_OWN, *named, *extra]))
 
 
+def passes_client(cls: type) -> bool:
+    """True when ``cls._detect`` names a ``client`` parameter (``fit`` then hands its
+    ``client=`` to it; nothing is stored on the detector)."""
+    return "client" in inspect.signature(cls._detect).parameters
+
+
 def check_fit_keywords(cls: type, given: dict[str, Any]) -> None:
     """Raise :class:`FitKeywordError` for a keyword ``cls.fit`` does not take."""
     valid = fit_keywords(cls)
@@ -113,49 +123,94 @@ def check_fit_keywords(cls: type, given: dict[str, Any]) -> None:
             "through **kwargs lists them in its fit_keywords class attribute.)")
 
 
-def check_dims(detector: str, acts: xr.DataArray, extra_dims: tuple[str, ...] | None) -> None:
-    """Raise :class:`DetectorInputError` unless ``acts`` has dims ``sample`` and
-    ``unit`` (and only ``extra_dims`` besides, when given) and is not empty."""
+def check_dims(detector: str, acts: xr.DataArray, extra_dims: tuple[str, ...] | None,
+               row_dims: tuple[str, ...] = ROW_DIMS) -> None:
+    """Raise :class:`DetectorInputError` unless ``acts`` has one row dim of ``row_dims``
+    (``sample``, or ``token`` for flat text) and ``unit`` (and only ``extra_dims``
+    besides, when given) and is not empty. A ``token`` array needs its per-token
+    ``sample`` coordinate (which text each token belongs to)."""
     dims = tuple(acts.dims)
-    missing = [d for d in ("sample", "unit") if d not in dims]
-    if missing:
+    rows = [d for d in dims if d in ROW_DIMS]
+    if len(rows) != 1 or rows[0] not in row_dims or UNIT not in dims:
+        alt = " (or 'token' and 'unit': flat per-token text)" if TOKEN in row_dims[1:] else ""
         raise DetectorInputError(
-            f"{detector} needs dims 'sample' and 'unit' but the activations "
-            f"have dims {dims} (missing {missing}). Rename them, e.g. "
+            f"{detector} needs dims {row_dims[0]!r} and 'unit'{alt} but the activations "
+            f"have dims {dims}. Rename them, e.g. "
             f"acts.rename({{'{dims[-1] if dims else 'neuron'}': 'unit'}}), or record "
             "with polysdk.Probe, which names them.")
-    extra = [d for d in dims if d not in ("sample", "unit")]
-    if extra_dims is not None:
-        bad = [d for d in extra if d not in extra_dims]
+    row = rows[0]
+    extra = [d for d in dims if d not in (row, UNIT)]
+    allowed = () if row == TOKEN else extra_dims  # flat tokens: nothing else to reduce
+    if allowed is not None:
+        bad = [d for d in extra if d not in allowed]
         if bad:
-            allowed = list(extra_dims) or "none"
             raise DetectorInputError(
                 f"{detector} cannot use dims {bad} (activations have dims "
-                f"{dims}; extra dims allowed: {allowed}). Reduce them first, e.g. "
-                f"acts.mean({bad!r}), or choose a detector parameter that reduces them.")
-    if acts.sizes["sample"] == 0 or acts.sizes["unit"] == 0:
+                f"{dims}; extra dims allowed: {list(allowed) or 'none'}). Reduce them first, "
+                f"e.g. acts.mean({bad!r}), or choose a detector parameter that reduces them.")
+    if row == TOKEN and (SAMPLE not in acts.coords or acts.coords[SAMPLE].dims != (TOKEN,)):
+        raise DetectorInputError(
+            "a flat token array (dims ('token', 'unit')) needs its per-token 'sample' "
+            "coordinate (which text each token belongs to); record it with Probe, which "
+            "adds it, or assign_coords(sample=('token', text_of_each_token)).")
+    if acts.sizes[row] == 0 or acts.sizes[UNIT] == 0:
         raise DetectorInputError(
             f"the activations are empty (sizes {dict(acts.sizes)}); record some samples "
             "first.")
 
 
+def _label_dims(acts: xr.DataArray) -> list[tuple[str, ...]]:
+    """Dims a label may have: per sample (a text), or per token of a text layout."""
+    if TOKEN in acts.dims:
+        return [(TOKEN,), (SAMPLE,)]
+    if POSITION in acts.dims:
+        return [(SAMPLE,), (SAMPLE, POSITION), (POSITION, SAMPLE)]
+    return [(SAMPLE,)]
+
+
+def _labels_from_array(detector: str, acts: xr.DataArray, labels: Any) -> xr.DataArray:
+    arr = labels.values if isinstance(labels, xr.DataArray) else np.asarray(labels)
+    if TOKEN in acts.dims:
+        n_tok = acts.sizes[TOKEN]
+        texts = np.unique(np.asarray(acts.coords[SAMPLE].values))
+        if arr.ndim == 1 and arr.shape[0] == n_tok:
+            return xr.DataArray(arr, dims=(TOKEN,))
+        if arr.ndim == 1 and arr.shape[0] == texts.size:
+            return xr.DataArray(arr, dims=(SAMPLE,), coords={SAMPLE: texts})
+        raise DetectorInputError(
+            f"labels have shape {arr.shape} but the token array holds {n_tok} tokens of "
+            f"{texts.size} texts; pass one label per token (shape ({n_tok},)) or per text "
+            f"(shape ({texts.size},), in text order).")
+    n = acts.sizes[SAMPLE]
+    if arr.ndim == 2 and POSITION in acts.dims and arr.shape == (n, acts.sizes[POSITION]):
+        return xr.DataArray(arr, dims=(SAMPLE, POSITION))
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise DetectorInputError(
+            f"labels have shape {arr.shape} but the activations have {n} samples; "
+            f"pass one label per sample (shape ({n},)).")
+    return xr.DataArray(arr, dims=(SAMPLE,))
+
+
 def resolve_labels(detector: str, acts: xr.DataArray, labels: Any, label_coord: str,
                    needs_labels: bool) -> xr.DataArray | None:
-    """Labels as a DataArray over ``sample`` (in memory), or ``None`` when there are none."""
-    n = acts.sizes["sample"]
+    """Labels as a DataArray (in memory) over ``sample`` (or, on text, over ``token`` or
+    (``sample``, ``position``)), or ``None`` when there are none."""
     if labels is None:
-        coord = label_coord
-        if coord in acts.coords and acts.coords[coord].dims == ("sample",):
-            lab = acts.coords[coord]
+        coord = acts.coords.get(label_coord)
+        if coord is not None and coord.dims in _label_dims(acts):
+            lab = coord
+        elif needs_labels:
+            row = TOKEN if TOKEN in acts.dims else SAMPLE
+            per_row = [str(c) for c, v in acts.coords.items()
+                       if v.dims == (row,) and c not in (SAMPLE, POSITION, TOKEN)]
+            what = "per-token" if row == TOKEN else "per-sample"
+            raise DetectorInputError(
+                f"{detector} needs {what} labels but none were given and the activations "
+                f"have no '{label_coord}' coordinate ({what} coordinates: "
+                f"{per_row or 'none'}). Pass fit(acts, labels=...) with one label per "
+                f"{'token or per text' if row == TOKEN else 'sample'}, or a coordinate name, "
+                "or record with coords={'label': labels}.")
         else:
-            if needs_labels:
-                per_sample = [str(c) for c, v in acts.coords.items() if v.dims == ("sample",)]
-                raise DetectorInputError(
-                    f"{detector} needs per-sample labels but none were given "
-                    f"and the activations have no '{coord}' coordinate (per-sample "
-                    f"coordinates: {per_sample or 'none'}). Pass fit(acts, labels=...) "
-                    f"with {n} labels, or a coordinate name, or record with "
-                    "coords={'label': labels}.")
             return None
     elif isinstance(labels, str):
         if labels not in acts.coords:
@@ -165,14 +220,9 @@ def resolve_labels(detector: str, acts: xr.DataArray, labels: Any, label_coord: 
                 "an array of labels.")
         lab = acts.coords[labels]
     else:
-        arr = labels.values if isinstance(labels, xr.DataArray) else np.asarray(labels)
-        if arr.ndim != 1 or arr.shape[0] != n:
-            raise DetectorInputError(
-                f"labels have shape {arr.shape} but the activations have {n} samples; "
-                f"pass one label per sample (shape ({n},)).")
-        lab = xr.DataArray(arr, dims=("sample",))
+        lab = _labels_from_array(detector, acts, labels)
     lab = lab.compute() if hasattr(lab.data, "dask") else lab
-    if lab.dtype.kind == "f" and bool(np.isnan(lab.values).any()):
+    if lab.dims == (SAMPLE,) and lab.dtype.kind == "f" and bool(np.isnan(lab.values).any()):
         raise DetectorInputError(
             f"{int(np.isnan(lab.values).sum())} labels are NaN; give every sample a label "
             "or drop the unlabelled samples (acts.isel(sample=mask)).")

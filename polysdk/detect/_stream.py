@@ -2,8 +2,8 @@
 and the one path by which a detector reads per-token text activations.
 
 Everything here builds lazy dask graphs; nothing loads a whole site. The detectors
-compute the graphs through ``Detector._compute`` (on a ``dask.distributed`` client when
-``fit`` got one).
+compute the graphs with :func:`compute`, on the ``dask.distributed`` client ``fit``
+got, if any (handed to ``_detect`` as an argument, never stored on the detector).
 
 Which axis is what, and how a selection (``"centre"``, ``"max"``, ``-1``, ...) reduces
 the others, is :mod:`polysdk.dims`'s decision; the helpers here only prepare what a
@@ -40,10 +40,21 @@ TOKEN_COORDS = ("token", "token_str", "token_id")  # token types, first found
 PER = ("auto", "token", "text")
 
 __all__ = [
-    "DEFAULT_CHUNK", "TokenInput", "as_dask", "grouped_sum", "is_flat", "label_codes",
+    "DEFAULT_CHUNK", "as_dask", "compute", "grouped_sum", "is_flat", "label_codes",
     "prepare", "real_values", "rows_for", "select", "text_labels", "to_tokens",
     "token_values", "top_k_indices",
 ]
+
+
+# --------------------------------------------------------------------------- computing
+def compute(*objs: Any, client: Any = None) -> tuple[Any, ...]:
+    """Compute dask-backed objects together (one pass over shared chunks), on
+    ``client`` (a ``dask.distributed.Client``) when one is given."""
+    import dask
+
+    if client is not None:
+        return tuple(dask.compute(*objs, scheduler=client))
+    return tuple(dask.compute(*objs))
 
 
 # --------------------------------------------------------------------------- layout
@@ -285,86 +296,6 @@ def rows_for(acts: xr.DataArray, labels: xr.DataArray | None, position: Any, per
     lab = None if labels is None else token_values(acts, labels)
     a = tok.drop_vars([c for c in tok.coords if c != UNIT]).rename({TOKEN: SAMPLE})
     return a.transpose(SAMPLE, UNIT), lab, "token"
-
-
-# --------------------------------------------------------------------------- Detector mixin
-class TokenInput:
-    """Lets a detector's ``fit`` take the flat token layout and per-token labels.
-
-    The base class checks for a ``sample`` dim and per-sample labels; this mixin (put
-    before ``Detector`` in the bases) also accepts dims (``token``, ``unit``) with a
-    per-token ``sample`` coordinate, and labels along ``token`` or (``sample``,
-    ``position``): a coordinate, or an array of one label per token or per text.
-    """
-
-    def _check_dims(self, acts: xr.DataArray) -> None:
-        if not is_flat(acts):
-            super()._check_dims(acts)  # type: ignore[misc]
-            return
-        name = type(self).__name__
-        bad = [d for d in acts.dims if d not in (TOKEN, UNIT)]
-        if UNIT not in acts.dims or bad:
-            raise DetectorInputError(
-                f"{name} reads a flat token array as dims ('token', 'unit'); these activations "
-                f"have dims {acts.dims}. Name the neuron axis 'unit' and reduce the others.")
-        prepare(acts)  # the per-token sample coordinate is there
-        if acts.sizes[TOKEN] == 0 or acts.sizes[UNIT] == 0:
-            raise DetectorInputError(f"the activations are empty (sizes {dict(acts.sizes)}); "
-                                     "record some texts first.")
-
-    def _resolve_labels(self, acts: xr.DataArray, labels: Any) -> xr.DataArray | None:
-        flat = is_flat(acts)
-        coord = getattr(self, "label_coord", "label")
-        token_dims = [(TOKEN,)] if flat else [(SAMPLE, POSITION), (POSITION, SAMPLE)]
-        if labels is None:
-            c = acts.coords.get(coord)
-            if c is not None and (c.dims in token_dims or (flat and c.dims == (SAMPLE,))):
-                lab = c
-            elif not flat:
-                return super()._resolve_labels(acts, labels)  # type: ignore[misc]
-            elif getattr(self, "needs_labels", False):
-                per_token = [str(k) for k, v in acts.coords.items()
-                             if v.dims == (TOKEN,) and k not in (SAMPLE, POSITION, TOKEN)]
-                raise DetectorInputError(
-                    f"{type(self).__name__} needs labels but none were given and the token "
-                    f"array has no '{coord}' coordinate (per-token coordinates: "
-                    f"{per_token or 'none'}). Pass fit(acts, labels=...) with one label per "
-                    "token or per text, or a coordinate name.")
-            else:
-                return None
-        elif isinstance(labels, str):
-            if not flat:
-                return super()._resolve_labels(acts, labels)  # type: ignore[misc]
-            if labels not in acts.coords:
-                raise DetectorInputError(
-                    f"labels={labels!r} is not a coordinate of the activations (coordinates: "
-                    f"{[str(c) for c in acts.coords]}); pass an existing coordinate name or "
-                    "an array of labels.")
-            lab = acts.coords[labels]
-        else:
-            arr = labels.values if isinstance(labels, xr.DataArray) else np.asarray(labels)
-            if flat:
-                n_tok = acts.sizes[TOKEN]
-                texts = np.unique(np.asarray(acts.coords[SAMPLE].values))
-                if arr.ndim == 1 and arr.shape[0] == n_tok:
-                    lab = xr.DataArray(arr, dims=(TOKEN,))
-                elif arr.ndim == 1 and arr.shape[0] == texts.size:
-                    lab = xr.DataArray(arr, dims=(SAMPLE,), coords={SAMPLE: texts})
-                else:
-                    raise DetectorInputError(
-                        f"labels have shape {arr.shape} but the token array holds {n_tok} "
-                        f"tokens of {texts.size} texts; pass one label per token (shape "
-                        f"({n_tok},)) or per text (shape ({texts.size},), in text order).")
-            elif arr.ndim == 2 and POSITION in acts.dims and \
-                    arr.shape == (acts.sizes[SAMPLE], acts.sizes[POSITION]):
-                lab = xr.DataArray(arr, dims=(SAMPLE, POSITION))
-            else:
-                return super()._resolve_labels(acts, labels)  # type: ignore[misc]
-        lab = lab.compute() if hasattr(lab.data, "dask") else lab
-        if lab.dims == (SAMPLE,) and lab.dtype.kind == "f" and bool(np.isnan(lab.values).any()):
-            raise DetectorInputError(f"{int(np.isnan(lab.values).sum())} labels are NaN; give "
-                                     "every text a label or drop the unlabelled ones.")
-        return lab
 
 
 # --------------------------------------------------------------------------- reductions

@@ -28,8 +28,9 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from polysdk.detect.base import Detector, register
+from polysdk.detect.base import WeightDetector
 from polysdk.errors import DetectorInputError
+from polysdk.params import Interval
 
 __all__ = ["FeatureCapacity", "monosemanticity", "single_feature_activations"]
 
@@ -103,11 +104,14 @@ def single_feature_activations(model: nn.Module, embedding: Tensor | np.ndarray)
         return model[:2](E.T).T
 
 
-@register("feature_capacity")
-class FeatureCapacity(Detector):
+class FeatureCapacity(WeightDetector):
     """Which neurons of a toy model respond to one feature only (capacity > threshold).
 
-    Weight-based: ``fit`` takes a model and its feature embedding (no recorded data).
+    Weight-based: ``fit`` takes a model and its feature embedding (no recorded data):
+    anything with a ``single_feature_activations()`` method returning
+    ``[instance, neuron, feature]`` and ``n_instances`` (``polysdk.models.ToyModels``,
+    read by that protocol: the detectors import nothing from the models layer), an
+    ``nn.Sequential`` with ``embedding=E``, or the activation matrix itself.
 
     Parameters
     ----------
@@ -141,13 +145,17 @@ class FeatureCapacity(Detector):
     (1.0, [])
     """
 
-    weight_based = True
+    registry_name = "feature_capacity"
+    fitted_attributes = ("mono_per_feature_", "mono_per_neuron_", "features_covered_",
+                         "n_monosemantic_")
+    _constraints = {"threshold": Interval(0, 1, closed="right"), "eps": Interval(0, None)}
 
     def __init__(self, threshold: float = PAPER_THRESHOLD, eps: float = 1e-10) -> None:
         self.threshold = threshold
         self.eps = eps
+        self._validate_params()
 
-    def fit(self, source: Any, labels: Any = None, **kwargs: Any) -> "FeatureCapacity":
+    def fit(self, source: Any, labels: Any = None, **kwargs: Any) -> FeatureCapacity:
         """``source``: a ToyModels (``instance=i``), an ``nn.Sequential`` with
         ``embedding=E``, or the activation matrix itself (array, tensor, or a DataArray
         with dims ``unit`` and ``feature``, e.g. a stored ``checkpoint_activation``)."""
@@ -158,16 +166,18 @@ class FeatureCapacity(Detector):
                     f"matrix, with dims ('unit', 'feature'); got dims {source.dims}. Select "
                     "one matrix first, e.g. da.isel(instance=0, checkpoint=-1).")
             source = source.transpose("unit", "feature").values
-        return super().fit(source, labels, **kwargs)
+        super().fit(source, labels, **kwargs)
+        attrs = self.result_.attrs
+        self.mono_per_feature_ = float(attrs["mono_per_feature"])
+        self.mono_per_neuron_ = float(attrs["mono_per_neuron"])
+        self.features_covered_ = int(attrs["features_covered"])
+        self.n_monosemantic_ = int(attrs["n_monosemantic"])
+        return self
 
     def _detect(self, source: Any, labels: Any = None, embedding: Any = None,
                 instance: int = 0) -> xr.Dataset:
-        from polysdk.models.toy import ToyModels
-
-        if not 0 < float(self.threshold) <= 1:
-            raise DetectorInputError(f"threshold={self.threshold} must be in (0, 1]; the paper "
-                                     "uses 0.999.")
-        if isinstance(source, ToyModels):
+        if callable(getattr(source, "single_feature_activations", None)) and \
+                hasattr(source, "n_instances"):  # ToyModels, by protocol
             if not 0 <= instance < source.n_instances:
                 raise DetectorInputError(f"instance={instance} is out of range for "
                                          f"{source.n_instances} models.")
@@ -192,10 +202,6 @@ class FeatureCapacity(Detector):
             raise DetectorInputError("the single-feature activations hold NaN or inf; the "
                                      "model's weights are not finite (training diverged?).")
         s = monosemanticity(acts, float(self.threshold), float(self.eps))
-        self.mono_per_feature_ = float(s["mono_per_feature"])
-        self.mono_per_neuron_ = float(s["mono_per_neuron"])
-        self.features_covered_ = int(s["features_covered"])
-        self.n_monosemantic_ = int(s["n_mono"])
         mono, dead = s["monosemantic"].numpy(), s["dead"].numpy()
         capacity = s["capacity"].numpy().astype(float)
         ds = xr.Dataset(
@@ -207,9 +213,10 @@ class FeatureCapacity(Detector):
              "top_feature": ("unit", s["argmax"].numpy()),
              "activation": (("unit", "feature"), acts.numpy())},
             coords={"unit": np.arange(acts.shape[0]), "feature": np.arange(acts.shape[1])})
-        ds.attrs.update(mono_per_feature=self.mono_per_feature_,
-                        mono_per_neuron=self.mono_per_neuron_,
-                        features_covered=self.features_covered_,
+        ds.attrs.update(mono_per_feature=float(s["mono_per_feature"]),
+                        mono_per_neuron=float(s["mono_per_neuron"]),
+                        features_covered=int(s["features_covered"]),
+                        n_monosemantic=int(s["n_mono"]),
                         features_covered_note="distinct features with >= 1 monosemantic "
                                               "neuron; a polysdk metric, not the paper's")
         return ds

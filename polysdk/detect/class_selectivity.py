@@ -9,16 +9,15 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from polysdk.detect._stream import (TokenInput, as_dask, grouped_sum, label_codes, prepare,
-                                    real_values, rows_for)
-from polysdk.detect.base import Detector, register
-from polysdk.errors import ConfigError
+from polysdk.detect._constraints import OPTIONAL_SEQUENCE, PER, POSITION
+from polysdk.detect._stream import as_dask, grouped_sum, label_codes, prepare, real_values, rows_for
+from polysdk.detect.base import Detector
+from polysdk.params import Interval
 
 __all__ = ["ClassSelectivity"]
 
 
-@register("class_selectivity")
-class ClassSelectivity(TokenInput, Detector):
+class ClassSelectivity(Detector):
     """Firing-rate class selectivity (seed 001).
 
     A unit *fires* on an input when its activation is ``> threshold`` (0, as the seed);
@@ -73,8 +72,17 @@ class ClassSelectivity(TokenInput, Detector):
     True
     """
 
+    registry_name = "class_selectivity"
     needs_labels = True
     _checks_finite_itself = True
+    _constraints = {
+        "threshold": Interval(),
+        "min_rate": Interval(0, 1),
+        "min_classes": Interval(2, None, integer=True),
+        "position": POSITION,
+        "classes": OPTIONAL_SEQUENCE,
+        "per": PER,
+    }
 
     def __init__(self, threshold: float = 0.0, min_rate: float = 0.0, min_classes: int = 2,
                  position: Any = "max", classes: Sequence[Any] | None = None,
@@ -85,22 +93,16 @@ class ClassSelectivity(TokenInput, Detector):
         self.position = position
         self.classes = classes
         self.per = per
+        self._validate_params()
 
-    def _validate(self) -> None:
-        if not 0.0 <= float(self.min_rate) <= 1.0:
-            raise ConfigError(f"min_rate={self.min_rate!r} must be a rate in [0, 1].")
-        if int(self.min_classes) < 2 or int(self.min_classes) != self.min_classes:
-            raise ConfigError(f"min_classes={self.min_classes!r} must be an integer >= 2.")
-
-    def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None,
-                **_: Any) -> xr.Dataset:
-        self._validate()
+    def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None, *,
+                client: Any = None) -> xr.Dataset:
         acts = prepare(as_dask(activations))
         a, lab, per = rows_for(acts, labels, self.position, self.per)
         codes, classes = label_codes(lab, self.classes)
         fire = (a.data > self.threshold).astype(np.float64)
         counts_lazy = grouped_sum(fire, codes, len(classes))
-        (counts,) = self.check_finite(real_values(acts), extra=[counts_lazy])
+        (counts,) = self.check_finite(real_values(acts), extra=[counts_lazy], client=client)
         counts = np.asarray(counts).T  # (unit, class)
         class_count = np.bincount(codes[codes >= 0], minlength=len(classes)).astype(float)
         rate = counts / class_count[None, :]

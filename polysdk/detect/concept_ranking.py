@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from polysdk.detect._stream import (TokenInput, as_dask, grouped_sum, label_codes, prepare,
+from polysdk.detect._constraints import FLAG, OPTIONAL_SEQUENCE, PER, POSITION
+from polysdk.detect._stream import (as_dask, compute, grouped_sum, label_codes, prepare,
                                     real_values, rows_for)
-from polysdk.detect.base import Detector, register
-from polysdk.errors import ConfigError, DetectorInputError
+from polysdk.detect.base import Detector
+from polysdk.errors import DetectorInputError
+from polysdk.params import Interval, Options
 
 __all__ = ["ConceptRanking", "concept_saliency", "weight_mass_selection"]
 
@@ -45,8 +47,7 @@ def weight_mass_selection(weights: np.ndarray, mass: float) -> np.ndarray:
     return keep
 
 
-@register("concept_ranking")
-class ConceptRanking(TokenInput, Detector):
+class ConceptRanking(Detector):
     """Per-concept unit ranking (seed 004).
 
     Input: activations (``sample``, ``unit``), one sample per token (or per example),
@@ -96,8 +97,25 @@ class ConceptRanking(TokenInput, Detector):
     True
     """
 
+    registry_name = "concept_ranking"
     needs_labels = True
     _checks_finite_itself = True
+    _constraints = {
+        "method": Options("mean_diff", "probe"),
+        "top_n": Interval(1, None, integer=True),
+        "mass": Interval(0, 1, closed="right"),
+        "concepts": OPTIONAL_SEQUENCE,
+        "min_concepts": Interval(2, None, integer=True),
+        "position": POSITION,
+        "saliency_block": Interval(1, None, integer=True),
+        "C": Interval(0, None, closed="neither"),
+        "l1_ratio": Interval(0, 1),
+        "max_iter": Interval(1, None, integer=True),
+        "probe_solver": Options("saga", "sgd"),
+        "standardize": FLAG,
+        "random_state": Interval(None, None, integer=True, allow_none=True),
+        "per": PER,
+    }
 
     def __init__(self, method: str = "mean_diff", top_n: int = 100, mass: float = 0.5,
                  concepts: Sequence[Any] | None = None, min_concepts: int = 2,
@@ -118,26 +136,16 @@ class ConceptRanking(TokenInput, Detector):
         self.standardize = standardize
         self.random_state = random_state
         self.per = per
+        self._validate_params()
 
-    def _validate(self, n_units: int) -> None:
-        if self.method not in ("mean_diff", "probe"):
-            raise ConfigError(f"method={self.method!r} must be 'mean_diff' or 'probe'.")
-        if self.probe_solver not in ("saga", "sgd"):
-            raise ConfigError(f"probe_solver={self.probe_solver!r} must be 'saga' or 'sgd'.")
-        if self.method == "mean_diff" and not 1 <= int(self.top_n) <= n_units:
-            raise DetectorInputError(f"top_n={self.top_n} must be between 1 and the number of "
-                                     f"units ({n_units}); pass a smaller top_n.")
-        if self.method == "probe" and not 0.0 < float(self.mass) <= 1.0:
-            raise ConfigError(f"mass={self.mass!r} must be a fraction in (0, 1].")
-        if int(self.min_concepts) < 2:
-            raise ConfigError(f"min_concepts={self.min_concepts!r} must be >= 2.")
-
-    def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None,
-                **_: Any) -> xr.Dataset:
+    def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None, *,
+                client: Any = None) -> xr.Dataset:
         acts = prepare(as_dask(activations))
         a, lab, per = rows_for(acts, labels, self.position, self.per)
         n_units = a.sizes["unit"]
-        self._validate(n_units)
+        if self.method == "mean_diff" and int(self.top_n) > n_units:  # depends on the data
+            raise DetectorInputError(f"top_n={self.top_n} must be between 1 and the number of "
+                                     f"units ({n_units}); pass a smaller top_n.")
         codes, all_labels = label_codes(lab)
         if len(all_labels) < 2:
             raise DetectorInputError(f"all samples carry the one label {all_labels.tolist()}; a "
@@ -152,7 +160,7 @@ class ConceptRanking(TokenInput, Detector):
         extra: dict[str, Any] = {}
         if self.method == "mean_diff":
             sums_lazy = grouped_sum(a.data, codes, len(all_labels))
-            (sums,) = self.check_finite(real_values(acts), extra=[sums_lazy])
+            (sums,) = self.check_finite(real_values(acts), extra=[sums_lazy], client=client)
             counts = np.bincount(codes, minlength=len(all_labels)).astype(float)
             sums = np.asarray(sums)
             total, n = sums.sum(0), counts.sum()
@@ -167,8 +175,8 @@ class ConceptRanking(TokenInput, Detector):
             top = rank <= int(self.top_n)
             attrs: dict[str, Any] = {}
         else:
-            self.check_finite(real_values(acts))
-            weights, acc = self._probe(a, codes, len(all_labels))
+            self.check_finite(real_values(acts), client=client)
+            weights, acc = self._probe(a, codes, len(all_labels), client)
             w = np.abs(weights[cidx] if weights.shape[0] > 1 else
                        np.repeat(weights, len(cidx), axis=0))
             score = w.T
@@ -193,13 +201,13 @@ class ConceptRanking(TokenInput, Detector):
         }, coords={"concept": np.asarray(concepts)}, attrs={**attrs, "per": per})
         return ds
 
-    def _probe(self, a: xr.DataArray, codes: np.ndarray, n_labels: int
+    def _probe(self, a: xr.DataArray, codes: np.ndarray, n_labels: int, client: Any = None
                ) -> tuple[np.ndarray, float]:
         """Fit the elastic-net probe; return (label, unit) weights and train accuracy."""
         if self.probe_solver == "saga":
             from sklearn.linear_model import LogisticRegression
 
-            (x,) = self._compute(a.data)
+            (x,) = compute(a.data, client=client)
             x = np.asarray(x, dtype=np.float64)
             if self.standardize:
                 x = (x - x.mean(0)) / (x.std(0) + 1e-8)
@@ -214,7 +222,7 @@ class ConceptRanking(TokenInput, Detector):
         mean = std = None
         if self.standardize:
             mean_l, sq_l = data.mean(0), (data.astype(np.float64) ** 2).mean(0)
-            mean, sq = self._compute(mean_l, sq_l)
+            mean, sq = compute(mean_l, sq_l, client=client)
             std = np.sqrt(np.maximum(sq - mean ** 2, 0.0)) + 1e-8
         alpha = 1.0 / (self.C * data.shape[0])
         clf = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=alpha,
@@ -225,7 +233,7 @@ class ConceptRanking(TokenInput, Detector):
         for epoch in range(max(1, int(self.max_iter) // 20)):
             correct = 0
             for i, blk in enumerate(data.to_delayed().ravel()):
-                (xb,) = self._compute(blk)
+                (xb,) = compute(blk, client=client)
                 xb = np.asarray(xb, dtype=np.float64)
                 if mean is not None:
                     xb = (xb - mean) / std

@@ -12,17 +12,19 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from polysdk.detect._stream import (TOKEN_COORDS, TokenInput, as_dask, grouped_sum, is_flat,
+from polysdk.detect._constraints import FLAG, OPTIONAL_SEQUENCE, OPTIONAL_STR, STR
+from polysdk.detect._stream import (TOKEN_COORDS, as_dask, compute, grouped_sum, is_flat,
                                     label_codes, prepare, real_values, select, text_labels,
                                     token_values)
-from polysdk.detect.base import Detector, register
-from polysdk.errors import ConfigError, DetectorInputError
+from polysdk.detect.base import Detector
+from polysdk.errors import DetectorInputError
+from polysdk.params import Interval, Options
+from polysdk.sites import Hooks
 
 __all__ = ["ConceptSets"]
 
 
-@register("concept_sets")
-class ConceptSets(TokenInput, Detector):
+class ConceptSets(Detector):
     """Concept-set activity from per-token activations (seed 003).
 
     Input: per-token activations in either text layout: flat (``token``, ``unit``) with
@@ -66,9 +68,24 @@ class ConceptSets(TokenInput, Detector):
     True
     """
 
+    registry_name = "concept_sets"
     needs_labels = True
     extra_dims = ("position",)
     _checks_finite_itself = True
+    _constraints = {
+        "top_n": Interval(1, None, integer=True),
+        "threshold": Interval(allow_none=True),
+        "aggregate": Options("mean", "max"),
+        "min_sets": Interval(2, None, integer=True),
+        "exactly": Interval(1, None, integer=True, allow_none=True),
+        "sets": OPTIONAL_SEQUENCE,
+        "set_coord": STR,
+        "token_coord": OPTIONAL_STR,
+        "mask_coord": OPTIONAL_STR,
+        "shallow_share": Interval(0, 1, closed="right"),
+        "exclude_shallow": FLAG,
+        "keep_tokens": FLAG,
+    }
 
     def __init__(self, top_n: int = 100, threshold: float | None = None,
                  aggregate: str = "mean", min_sets: int = 2, exactly: int | None = None,
@@ -88,6 +105,7 @@ class ConceptSets(TokenInput, Detector):
         self.shallow_share = shallow_share
         self.exclude_shallow = exclude_shallow
         self.keep_tokens = keep_tokens
+        self._validate_params()
 
     @property
     def label_coord(self) -> str:  # type: ignore[override]
@@ -99,15 +117,15 @@ class ConceptSets(TokenInput, Detector):
                batch_size: int = 8, max_length: int | None = None) -> xr.DataArray:
         """Record per-token activations at ``site`` for named sets of texts.
 
-        Uses :class:`polysdk.probe.Probe` (in memory). ``tokenizer(texts,
-        return_tensors="pt", padding=True)`` must return ``input_ids`` and
-        ``attention_mask`` (Hugging Face style); the model is called with both. Returns
-        the per-token DataArray :meth:`fit` expects: padded (sample, position, unit) with
-        coords ``concept``, ``token`` (strings when the tokenizer can convert ids) and
-        ``attention_mask``, or the flat token layout when Probe records one (``token_str``
-        then holds the strings).
+        ``tokenizer(texts, return_tensors="pt", padding=True)`` must return
+        ``input_ids`` and ``attention_mask`` (Hugging Face style); the model is called
+        with both, ``batch_size`` texts at a time, with a forward hook on ``site``
+        (:class:`polysdk.sites.Hooks`, removed afterwards; the site's output is read as
+        (sample, position, unit)). Returns the padded array :meth:`fit` expects, named
+        after the site: dims (sample, position, unit) with coords ``concept``,
+        ``token`` (strings when the tokenizer can convert ids) and ``attention_mask``.
         """
-        from polysdk.probe import Probe
+        import torch
 
         names, texts = [], []
         if not sets:
@@ -125,50 +143,38 @@ class ConceptSets(TokenInput, Detector):
             kw.update(truncation=True, max_length=max_length)
         enc = tokenizer(texts, **kw)
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        labels = np.asarray(names)
-        rows = np.arange(len(texts))  # the batch carries row numbers, not strings
-        batches = [{"input_ids": ids[s: s + batch_size], "attention_mask": mask[s: s + batch_size],
-                    "_row": rows[s: s + batch_size]} for s in range(0, len(texts), batch_size)]
+        seen: list[Any] = []
 
-        def forward(m: Any, b: Mapping[str, Any]) -> Any:
-            return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        def keep(_: str, t: Any) -> None:
+            seen.append(t.detach().cpu())
 
-        def coords(b: Mapping[str, Any]) -> dict[str, Any]:
-            return {"concept": labels[np.asarray(b["_row"])]}
-
-        out = Probe(model, site, reduce="none").run(batches, forward=forward, coords=coords,
-                                                    progress=False)
-        acts = next(iter(out.values()))
-        convert = getattr(tokenizer, "convert_ids_to_tokens", None)
-        if "token" in acts.dims:  # the flat token layout: padding is not there
-            if "token_id" in acts.coords and convert is not None:
-                strings = np.asarray(convert(np.asarray(acts["token_id"].values).tolist()))
-                acts = acts.assign_coords(token_str=("token", strings))
-            return acts
-        if "position" not in acts.dims:
-            raise DetectorInputError(f"site {site!r} gave dims {acts.dims}, with no 'position'; "
-                                     "choose a site with per-token outputs.")
+        chunks = []
+        with Hooks(model, site, keep), torch.no_grad():
+            for s in range(0, len(texts), max(1, int(batch_size))):
+                seen.clear()
+                model(input_ids=ids[s: s + batch_size], attention_mask=mask[s: s + batch_size])
+                if not seen or seen[-1].ndim != 3:
+                    got = f"dims of rank {seen[-1].ndim}" if seen else "nothing"
+                    raise DetectorInputError(
+                        f"site {site!r} gave {got}, not (sample, position, unit); choose a "
+                        "site with per-token outputs.")
+                t = seen[-1]
+                chunks.append((t if t.dtype in (torch.float32, torch.float64) else t.float())
+                              .numpy())
         tok = np.asarray(ids)
+        convert = getattr(tokenizer, "convert_ids_to_tokens", None)
         if convert is not None:
             tok = np.array([convert(r) for r in tok.tolist()])
-        return acts.assign_coords(token=(("sample", "position"), tok),
-                                  attention_mask=(("sample", "position"),
-                                                  np.asarray(mask).astype(bool)))
+        return xr.DataArray(
+            np.concatenate(chunks), dims=("sample", "position", "unit"), name=site,
+            coords={"concept": ("sample", np.asarray(names)),
+                    "token": (("sample", "position"), tok),
+                    "attention_mask": (("sample", "position"), np.asarray(mask).astype(bool))},
+            attrs={"site": site})
 
     # ------------------------------------------------------------------ fit
-    def _validate(self) -> None:
-        if self.aggregate not in ("mean", "max"):
-            raise ConfigError(f"aggregate={self.aggregate!r} must be 'mean' or 'max'.")
-        if self.threshold is None and int(self.top_n) < 1:
-            raise ConfigError(f"top_n={self.top_n!r} must be >= 1 (or set threshold=).")
-        if self.exactly is None and int(self.min_sets) < 2:
-            raise ConfigError(f"min_sets={self.min_sets!r} must be >= 2.")
-        if not 0.0 < float(self.shallow_share) <= 1.0:
-            raise ConfigError(f"shallow_share={self.shallow_share!r} must be in (0, 1].")
-
-    def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None,
-                **_: Any) -> xr.Dataset:
-        self._validate()
+    def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None, *,
+                client: Any = None) -> xr.Dataset:
         acts = as_dask(activations)
         if not is_flat(acts) and "position" not in acts.dims:
             acts = acts.expand_dims(position=1, axis=1)  # one token per text
@@ -205,7 +211,7 @@ class ConceptSets(TokenInput, Detector):
             c = da.from_array(codes, chunks=(text_mean.chunks[0],))
             agg = da.stack([da.where((c == s)[:, None], text_mean, -np.inf).max(0)
                             for s in range(n_sets)])
-        (set_act,) = self.check_finite(real_values(acts), extra=[agg])
+        (set_act,) = self.check_finite(real_values(acts), extra=[agg], client=client)
         set_act = np.asarray(set_act, dtype=np.float64)
         if self.aggregate == "mean":
             set_act = set_act / n_texts[:, None]
@@ -223,7 +229,7 @@ class ConceptSets(TokenInput, Detector):
         share = np.full((n_units, n_sets), np.nan)
         vals = None
         if sel.size:
-            vals = self._token_values(acts, sel)  # (real token, len(sel))
+            vals = self._token_values(acts, sel, client)  # (real token, len(sel))
             type_names, tok_codes = np.unique(types, return_inverse=True)
             tok_codes = tok_codes.reshape(-1)
             tok_set = codes[text]
@@ -314,12 +320,13 @@ class ConceptSets(TokenInput, Detector):
                 "of the token ids / strings, or None to look for 'token' / 'token_id'.")
         return None
 
-    def _token_values(self, acts: xr.DataArray, units: np.ndarray) -> np.ndarray:
+    def _token_values(self, acts: xr.DataArray, units: np.ndarray, client: Any = None
+                      ) -> np.ndarray:
         """(real token, unit) activations of ``units``, in :meth:`_real_tokens` order."""
         if is_flat(acts):
-            (sub,) = self._compute(acts.transpose("token", "unit").data[:, units])
+            (sub,) = compute(acts.transpose("token", "unit").data[:, units], client=client)
             return np.asarray(sub, dtype=np.float64)
-        (sub,) = self._compute(acts.data[:, :, units])
+        (sub,) = compute(acts.data[:, :, units], client=client)
         mask = np.asarray(acts.coords["attention_mask"].values, dtype=bool) \
             if "attention_mask" in acts.coords else np.ones(sub.shape[:2], dtype=bool)
         return np.asarray(sub, dtype=np.float64)[mask]

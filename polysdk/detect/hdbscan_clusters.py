@@ -14,10 +14,13 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from polysdk import dims
-from polysdk.detect._stream import (TokenInput, as_dask, is_text, prepare, real_values, select,
+from polysdk.detect._constraints import OPTIONAL_MAPPING, OPTIONAL_STR, POSITION
+from polysdk.detect._stream import (as_dask, compute, is_text, prepare, real_values, select,
                                     text_labels, to_tokens, token_values, top_k_indices)
-from polysdk.detect.base import Detector, register
+from polysdk.detect.base import Detector
 from polysdk.errors import ConfigError, DetectorInputError
+from polysdk.params import Interval, Options
+from polysdk.sites import Hooks
 
 __all__ = ["HDBSCANClusters"]
 
@@ -62,8 +65,7 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-@register("hdbscan")
-class HDBSCANClusters(TokenInput, Detector):
+class HDBSCANClusters(Detector):
     """Top-k inputs of each unit, clustered with HDBSCAN (seed 000).
 
     Parameters
@@ -115,7 +117,19 @@ class HDBSCANClusters(TokenInput, Detector):
     [0, 1]
     """
 
+    registry_name = "hdbscan"
     _checks_finite_itself = True
+    _constraints = {
+        "top_k": Interval(2, None, integer=True),
+        "position": POSITION,
+        "representation": Options(*REPRESENTATIONS),
+        "min_cluster_size": Interval(2, None, integer=True),
+        "hdbscan_params": OPTIONAL_MAPPING,
+        "attribution_site": OPTIONAL_STR,
+        "target_site": OPTIONAL_STR,
+        "unit_batch": Interval(1, None, integer=True),
+        "batch_size": Interval(1, None, integer=True),
+    }
 
     def __init__(self, top_k: int = 1000, position: Any = "centre",
                  representation: str = "layer", min_cluster_size: int = 50,
@@ -131,17 +145,16 @@ class HDBSCANClusters(TokenInput, Detector):
         self.target_site = target_site
         self.unit_batch = unit_batch
         self.batch_size = batch_size
+        self._validate_params()
 
     # ------------------------------------------------------------------ checks
-    def _validate(self, n_samples: int) -> None:
-        if self.representation not in REPRESENTATIONS:
-            raise ConfigError(f"representation={self.representation!r} is not one of "
-                              f"{REPRESENTATIONS}.")
-        if int(self.top_k) < 2:
-            raise ConfigError(f"top_k={self.top_k!r} must be an integer >= 2.")
-        if int(self.min_cluster_size) < 2 or self.min_cluster_size > self.top_k:
-            raise ConfigError(f"min_cluster_size={self.min_cluster_size!r} must be >= 2 and "
-                              f"<= top_k={self.top_k}; lower it or raise top_k.")
+    def _check_fit(self, n_samples: int) -> None:
+        """What ``_constraints`` cannot say: a rule between two parameters (checked at
+        fit, so ``set_params`` may change them one at a time) and one on the data."""
+        if self.min_cluster_size > self.top_k:
+            raise ConfigError(
+                f"HDBSCANClusters(min_cluster_size={self.min_cluster_size!r}): "
+                f"min_cluster_size must be <= top_k={self.top_k!r}; lower it or raise top_k.")
         if self.top_k > n_samples:
             raise DetectorInputError(
                 f"top_k={self.top_k} but the activations hold only {n_samples} samples; "
@@ -151,16 +164,17 @@ class HDBSCANClusters(TokenInput, Detector):
     # ------------------------------------------------------------------ fit
     def _detect(self, activations: xr.DataArray, labels: xr.DataArray | None, *,
                 represent: Any = None, model: Any = None, inputs: Any = None,
-                **_: Any) -> xr.Dataset:
+                client: Any = None) -> xr.Dataset:
         acts = prepare(as_dask(activations))
         a = self._rows(acts, self.position)
         n = a.sizes["sample"]
-        self._validate(n)
+        self._check_fit(n)
         k = int(self.top_k)
         rep = self._representation(a, represent, model, inputs, n)
         idx_lazy = top_k_indices(a.data, k)
         val_lazy = da.topk(a.data, k, axis=0)
-        idx, vals = self.check_finite(real_values(acts), extra=[idx_lazy, val_lazy])
+        idx, vals = self.check_finite(real_values(acts), extra=[idx_lazy, val_lazy],
+                                       client=client)
         idx = np.asarray(idx).T  # (unit, rank)
         vals = np.asarray(vals).T
         n_units = idx.shape[0]
@@ -176,9 +190,9 @@ class HDBSCANClusters(TokenInput, Detector):
                 continue
             rows = np.unique(idx[units])
             positions = np.searchsorted(rows, idx[units].T)  # (k, units)
-            (block,) = self._compute(rep[rows])  # reads only the chunks holding these rows
-            clusters[units] = self._run(_cluster, np.asarray(block), positions,
-                                        int(self.min_cluster_size), params).T
+            (block,) = compute(rep[rows], client=client)  # reads only the chunks holding these rows
+            clusters[units] = _run(client, _cluster, np.asarray(block), positions,
+                                   int(self.min_cluster_size), params).T
         n_clusters = np.array([len(set(c[c >= 0].tolist())) for c in clusters])
         ds = xr.Dataset({
             "score": ("unit", n_clusters.astype(float)),
@@ -215,13 +229,6 @@ class HDBSCANClusters(TokenInput, Detector):
             return text_labels(acts, labels)
         except DetectorInputError:  # token-level labels, one input per text: no top_label
             return None
-
-    def _run(self, fn: Any, *args: Any) -> Any:
-        """Call ``fn(*args)`` here, or as a task on the ``client`` when ``fit`` got one."""
-        client = getattr(self, "_client", None)
-        if client is None:
-            return fn(*args)
-        return client.submit(fn, *args, pure=False).result()
 
     def _representation(self, a: xr.DataArray, represent: Any, model: Any, inputs: Any,
                         n: int) -> Any:
@@ -290,8 +297,6 @@ class HDBSCANClusters(TokenInput, Detector):
         ``target`` (its ``position`` selection), summed over the early site's positions:
         (len(samples), early units). ``target_dims``: the dims of the target tensor as
         recorded (the default rule of :mod:`polysdk.dims` when they do not fit)."""
-        from polysdk.sites import Hooks
-
         early_site = str(self.attribution_site)
         seen: dict[str, torch.Tensor] = {}
 
@@ -338,6 +343,13 @@ class HDBSCANClusters(TokenInput, Detector):
         lab = np.asarray(r["cluster"].values)
         top = np.asarray(r["top_index"].values)
         return {int(c): top[lab == c] for c in sorted(set(lab[lab >= 0].tolist()))}
+
+
+def _run(client: Any, fn: Any, *args: Any) -> Any:
+    """Call ``fn(*args)`` here, or as a task on ``client`` when ``fit`` got one."""
+    if client is None:
+        return fn(*args)
+    return client.submit(fn, *args, pure=False).result()
 
 
 def _batches(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
