@@ -11,7 +11,8 @@
 * :class:`Patch` -- activations from another input, given values or recorded samples
 * :class:`Clamp` -- a fixed value
 * :class:`Steer` -- add ``scale * direction``
-* :class:`Compose` -- several at once, applied in the order given
+* :class:`Compose` -- several components at once, applied in the order given
+  (:mod:`polysdk.compose`; it composes any component)
 
 Every intervention is a context manager built on :class:`polysdk.sites.HookedComponent`:
 it works on plain modules, TransformerLens 4 bridges (hook names such as
@@ -29,7 +30,8 @@ named by :mod:`polysdk.dims`, as in :class:`polysdk.probe.Probe` (override with
         out = model(**batch)            # only each text's last real token is steered
 """
 
-from polysdk.intervene.base import Compose, Intervention
+from polysdk.compose import Compose
+from polysdk.intervene.base import Intervention
 from polysdk.intervene.edits import Ablate, Clamp, Steer
 from polysdk.intervene.patch import Patch
 

@@ -1,4 +1,4 @@
-"""The ``Intervention`` base class and ``Compose``, which applies several in order.
+"""The ``Intervention`` base class (``Compose`` lives in :mod:`polysdk.compose`).
 
 An intervention edits the value of its sites during the forward pass. A subclass
 implements :meth:`Intervention.edit`, returning the new values (anything that
@@ -9,7 +9,11 @@ chosen ``units`` and hands the result back through the hook layer::
         out = model(x)          # fc1: units 3 and 7 zeroed, then the direction added
 
 On one site, interventions run in the order they were attached (the order of the
-``with`` items, or of the arguments of :class:`Compose`).
+``with`` items, or of the arguments of :class:`~polysdk.compose.Compose`).
+
+Every intervention is a :class:`polysdk.component.Component`: one lifecycle
+(``inactive()`` leaves the hooks on and the values untouched) and the parameter API
+(``get_params``, ``set_params``, ``clone(model=other)``, ``repr``).
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ from typing import Any
 
 import torch
 
-from polysdk.errors import ConfigError
+from polysdk.compose import Compose
+from polysdk.component import Component
 from polysdk.intervene._layout import check_site_keys, per_site, position_mask, site_dims, unit_mask
-from polysdk.sites import Capture, HookedComponent, SiteSpec, TensorKey
+from polysdk.sites import Capture, SiteSpec, TensorKey
 
 __all__ = ["Compose", "Intervention"]
 
 
-class Intervention(HookedComponent):
+class Intervention(Component):
     """Base class: edit chosen units of chosen sites during the forward pass.
 
     Parameters
@@ -57,7 +62,7 @@ class Intervention(HookedComponent):
         in a tuple/dict value.
 
     Subclasses implement ``edit(site, tensor, dims) -> Tensor`` and may override
-    ``prepare()`` (run by ``attach()`` before any hook goes on).
+    ``prepare()`` (run by ``attach()`` while the component's own hooks are inactive).
     """
 
     def __init__(
@@ -72,11 +77,12 @@ class Intervention(HookedComponent):
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
-        super().__init__(model, sites, capture=capture, key=key)
         self.units = units
         self.positions = positions
         self.attention_mask = attention_mask
         self.dims = dims
+        self._validate_params()
+        super().__init__(model, sites, capture=capture, key=key)
         check_site_keys(units, "units", self.site_names)
         check_site_keys(positions, "positions", self.site_names)
         check_site_keys(dims, "dims", self.site_names)
@@ -87,7 +93,12 @@ class Intervention(HookedComponent):
         raise NotImplementedError(f"{type(self).__name__} must implement edit()")
 
     def prepare(self) -> None:
-        """Work done once per ``attach()``, before the hooks go on (statistics, caches)."""
+        """Work done once per ``attach()`` (statistics, caches); the component's own
+        hooks are on but inactive meanwhile, so a forward run here is not edited."""
+
+    def _on_attach(self) -> None:
+        with self.inactive():
+            self.prepare()
 
     # -- hook plumbing --------------------------------------------------------------
     def hook(self, site: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -110,80 +121,3 @@ class Intervention(HookedComponent):
         # torch.where builds a fresh tensor of the site's shape (never a view or an
         # expanded tensor) and keeps the gradient of both branches.
         return torch.where(mask, new, tensor)
-
-    def attach(self) -> Intervention:
-        if self.attached:
-            return self
-        self.prepare()
-        super().attach()
-        return self
-
-    def __enter__(self) -> Intervention:
-        return self.attach()
-
-    def __repr__(self) -> str:
-        state = "attached" if self.attached else "detached"
-        where = "" if self.positions is None else f", positions={self.positions!r}"
-        return f"{type(self).__name__}(sites={self.site_names}, units={self.units!r}{where}, {state})"
-
-
-class Compose:
-    """Attach several hooked components in a defined order, and remove them all.
-
-    The components are attached first to last, so on a shared site the first one
-    edits first; they are detached last to first. If attaching one fails, the ones
-    already attached are removed before the error propagates; detaching tries every
-    component even when one raises.
-
-    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3))
-    >>> from polysdk.intervene import Clamp, Steer
-    >>> with Compose(Clamp(net, "0", 1.0), Steer(net, "0", torch.ones(3), scale=2.0)):
-    ...     net(torch.zeros(1, 2)).tolist()
-    [[3.0, 3.0, 3.0]]
-    """
-
-    def __init__(self, *components: Any) -> None:
-        if len(components) == 1 and isinstance(components[0], (list, tuple)):
-            components = tuple(components[0])
-        for c in components:
-            if not (hasattr(c, "attach") and hasattr(c, "detach")):
-                raise ConfigError(
-                    f"Compose takes components with attach()/detach() (interventions, "
-                    f"probes, regularizers); got {type(c).__name__}"
-                )
-        self.components = list(components)
-
-    @property
-    def attached(self) -> bool:
-        return any(getattr(c, "attached", False) for c in self.components)
-
-    def attach(self) -> Compose:
-        done: list[Any] = []
-        try:
-            for c in self.components:
-                c.attach()
-                done.append(c)
-        except BaseException:
-            for c in reversed(done):
-                c.detach()
-            raise
-        return self
-
-    def detach(self) -> None:
-        first_error: BaseException | None = None
-        for c in reversed(self.components):
-            try:
-                c.detach()
-            except BaseException as err:  # keep removing the others
-                first_error = first_error or err
-        if first_error is not None:
-            raise first_error
-
-    def __enter__(self) -> Compose:
-        return self.attach()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.detach()
-
-    def __repr__(self) -> str:
-        return f"Compose({', '.join(repr(c) for c in self.components)})"

@@ -17,6 +17,7 @@ from polysdk.errors import ConfigError
 from polysdk.intervene._layout import check_site_keys, per_site, to_layout
 from polysdk.intervene._sources import SamplePool, mean_of, site_source
 from polysdk.intervene.base import Intervention
+from polysdk.params import Interval, Options, TypeOf
 from polysdk.sites import Capture, SiteSpec, TensorKey
 
 __all__ = ["Ablate", "Clamp", "Steer"]
@@ -61,6 +62,11 @@ class Ablate(Intervention):
     0.0
     """
 
+    _constraints = {
+        "method": Options("zero", "mean", "resample"),
+        "seed": Interval(None, None, integer=True, allow_none=True),
+    }
+
     def __init__(
         self,
         model: Any,
@@ -77,25 +83,26 @@ class Ablate(Intervention):
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
-        if method not in ("zero", "mean", "resample"):
-            raise ConfigError(f"method must be 'zero', 'mean' or 'resample', got {method!r}")
-        if method != "zero" and source is None:
-            raise ConfigError(
-                f"Ablate(method={method!r}) needs source=: an ActivationStore recorded on "
-                f"these sites, a {{site: DataArray}} mapping, or a DataArray/Tensor"
-            )
-        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
-                         dims=dims, capture=capture, key=key)
         self.method = method
         self.source = source
         self.mean_over = tuple(mean_over)
         self.seed = seed
+        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
+                         dims=dims, capture=capture, key=key)
         self._means: dict[str, Any] = {}
         self._mean_tensors: dict[tuple, torch.Tensor] = {}
         self._pools: dict[str, SamplePool] = {}
         self._generator: torch.Generator | None = None
         self._draw: tuple[int, torch.Tensor] | None = None  # (batch, indices) per pass
         self._draw_seen: set[str] = set()
+
+    def _validate_params(self, names: Any = None) -> None:
+        super()._validate_params(names)
+        if self.method != "zero" and self.source is None:
+            raise ConfigError(
+                f"Ablate(method={self.method!r}) needs source=: an ActivationStore recorded on "
+                f"these sites, a {{site: DataArray}} mapping, or a DataArray/Tensor"
+            )
 
     def prepare(self) -> None:
         what = f"Ablate(method={self.method!r})"
@@ -151,9 +158,6 @@ class Ablate(Intervention):
             rows, dims, tensor.shape, site=site, what="resampled activations", leading_sample=True
         )
 
-    def __repr__(self) -> str:
-        return f"Ablate(sites={self.site_names}, units={self.units!r}, method={self.method!r})"
-
 
 class Clamp(Intervention):
     """Set chosen units to a fixed value.
@@ -180,10 +184,10 @@ class Clamp(Intervention):
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
+        self.value = value
         super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
                          dims=dims, capture=capture, key=key)
         check_site_keys(value, "value", self.site_names)
-        self.value = value
 
     def edit(self, site: str, tensor: torch.Tensor, dims: tuple[str, ...]) -> torch.Tensor:
         value = per_site(self.value, site, "value", self.site_names)
@@ -205,6 +209,8 @@ class Steer(Intervention):
     True
     """
 
+    _constraints = {"scale": Interval(None, None), "normalize": TypeOf(bool)}
+
     def __init__(
         self,
         model: Any,
@@ -220,12 +226,12 @@ class Steer(Intervention):
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
-        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
-                         dims=dims, capture=capture, key=key)
-        check_site_keys(direction, "direction", self.site_names)
         self.direction = direction
         self.scale = scale
         self.normalize = normalize
+        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
+                         dims=dims, capture=capture, key=key)
+        check_site_keys(direction, "direction", self.site_names)
 
     def edit(self, site: str, tensor: torch.Tensor, dims: tuple[str, ...]) -> torch.Tensor:
         raw = per_site(self.direction, site, "direction", self.site_names)
@@ -237,6 +243,3 @@ class Steer(Intervention):
                 raise ConfigError(f"the steering direction for site {site!r} is all zeros")
             d = d / norm
         return tensor + self.scale * d
-
-    def __repr__(self) -> str:
-        return f"Steer(sites={self.site_names}, scale={self.scale}, units={self.units!r})"

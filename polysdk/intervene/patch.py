@@ -81,28 +81,32 @@ class Patch(Intervention):
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
-        given = [n for n, v in (("input", input), ("activations", activations), ("store", store)) if v is not None]
+        self.input = input
+        self.activations = activations
+        self.store = store
+        self.samples = samples
+        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
+                         dims=dims, capture=capture, key=key)
+        check_site_keys(activations, "activations", self.site_names)
+        self.cache_: dict[str, Any] = {}
+        self._converted: dict[tuple, torch.Tensor] = {}
+
+    def _validate_params(self, names: Any = None) -> None:
+        super()._validate_params(names)
+        sources = (("input", self.input), ("activations", self.activations), ("store", self.store))
+        given = [n for n, v in sources if v is not None]
         if len(given) != 1:
             raise ConfigError(
                 f"Patch needs exactly one source among input=, activations= and store=; "
                 f"got {given or 'none'}"
             )
-        if store is not None and samples is None:
+        if self.store is not None and self.samples is None:
             raise ConfigError(
                 "Patch(store=...) needs samples=: the recorded sample index for each "
                 "example of the batch you will run"
             )
-        if samples is not None and store is None:
+        if self.samples is not None and self.store is None:
             raise ConfigError("samples= only applies with store=")
-        super().__init__(model, sites, units=units, positions=positions, attention_mask=attention_mask,
-                         dims=dims, capture=capture, key=key)
-        check_site_keys(activations, "activations", self.site_names)
-        self.input = input
-        self.activations = activations
-        self.store = store
-        self.samples = samples
-        self.cache_: dict[str, Any] = {}
-        self._converted: dict[tuple, torch.Tensor] = {}
 
     def prepare(self) -> None:
         self.cache_ = {}
@@ -150,7 +154,3 @@ class Patch(Intervention):
             )
         self._converted[key] = out
         return out
-
-    def __repr__(self) -> str:
-        source = "input" if self.input is not None else "activations" if self.activations is not None else "store"
-        return f"Patch(sites={self.site_names}, from={source}, units={self.units!r})"
