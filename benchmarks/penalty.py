@@ -98,7 +98,7 @@ def child(
                 opt.zero_grad()
                 loss = nn.functional.cross_entropy(net(x), labels)
                 if reg is not None:
-                    loss = loss + reg.loss(labels)
+                    loss = loss + reg.loss(labels=labels)
                 loss.backward()
                 opt.step()
                 return float(loss.detach())

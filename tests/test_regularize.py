@@ -210,7 +210,7 @@ def test_hooked_penalty_equals_function_and_backprops() -> None:
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     with PolysemanticityPenalty(net, ["1", "3"], alpha=1.0) as reg:
         logits = net(x)
-        loss = reg.loss(y)
+        loss = reg.loss(labels=y)
         loss.backward()
     grad_hooked = net[0].weight.grad.clone()
     net.zero_grad()
@@ -220,10 +220,12 @@ def test_hooked_penalty_equals_function_and_backprops() -> None:
     manual.backward()
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
     assert torch.allclose(grad_hooked, net[0].weight.grad, atol=1e-6)
-    with PolysemanticityPenalty(net, ["1", "3"]) as reg:  # labels given beforehand
-        reg.set_labels(y)
+    with PolysemanticityPenalty(net, ["1", "3"]) as reg:  # labels by keyword, as fit() passes them
         net(x)
-        assert reg.loss().item() == pytest.approx(manual.item(), rel=1e-5)
+        assert reg.loss(labels=y).item() == pytest.approx(manual.item(), rel=1e-5)
+        with pytest.raises(TypeError):
+            reg.loss(y)  # one signature: labels only by keyword
+    assert not hasattr(reg, "set_labels")
     assert torch.allclose(logits, net(x))  # the penalty never edits activations
 
 
@@ -233,16 +235,16 @@ def test_hooked_penalty_training_lowers_it() -> None:
     y = torch.arange(32) % 3
     with PolysemanticityPenalty(net, "3", alpha=1.0) as reg:
         net(x)
-        start = reg.loss(y).item()
+        start = reg.loss(labels=y).item()
         for _ in range(40):  # sign-gradient descent on the layers before the site
             net.zero_grad()
             net(x)
-            reg.loss(y).backward()
+            reg.loss(labels=y).backward()
             with torch.no_grad():
                 for p in net[:4].parameters():
                     p -= 0.04 * p.grad.sign()
         net(x)
-        end = reg.loss(y).item()
+        end = reg.loss(labels=y).item()
     assert end < 0.6 * start
 
 
@@ -252,7 +254,7 @@ def test_hooked_penalty_errors_and_lifecycle() -> None:
     reg = PolysemanticityPenalty(net, "1")
     assert n_hooks(net) == 1  # building attaches nothing
     with pytest.raises(ConfigError, match="forward pass"):
-        reg.loss([0, 1])
+        reg.loss(labels=[0, 1])
     with pytest.raises(ConfigError, match="labels"):
         with reg:
             net(torch.randn(2, 5))
@@ -278,12 +280,12 @@ def test_hooked_penalty_attach_detach_clears_state() -> None:
     reg.attach()  # idempotent
     assert n_hooks(net) == 1
     net(torch.randn(3, 5))
-    assert reg.loss([0, 1, 2]).item() >= 0
+    assert reg.loss(labels=[0, 1, 2]).item() >= 0
     reg.detach()
     reg.detach()
     assert n_hooks(net) == 0
     with pytest.raises(ConfigError):
-        reg.loss([0, 1, 2])  # the activations (and their graph) were dropped
+        reg.loss(labels=[0, 1, 2])  # the activations (and their graph) were dropped
 
 
 # ----------------------------------------------------------------------- ActivationL1

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import torch
 
 from polysdk.errors import ConfigError
-from polysdk.regularize.base import ActivationRegularizer, Regularizer
+from polysdk.params import Interval, Options
+from polysdk.regularize.base import ActivationRegularizer, UnhookedRegularizer
 from polysdk.sites import Capture, SiteSpec, TensorKey
 
 __all__ = ["ActivationL1", "MaskL0", "activation_l1", "soft_mask_l0"]
@@ -69,6 +70,8 @@ class ActivationL1(ActivationRegularizer):
     >>> loss.backward()
     """
 
+    _constraints = {"lam": Interval(None, None), "reduction": Options("mean", "sum")}
+
     def __init__(
         self,
         model: Any,
@@ -79,20 +82,13 @@ class ActivationL1(ActivationRegularizer):
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
-        if reduction not in ("mean", "sum"):
-            raise ConfigError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.lam = lam
         self.reduction = reduction
         super().__init__(model, sites, capture=capture, key=key)
 
-    def loss(self) -> torch.Tensor:
-        """The L1 term over the activations of the last forward pass."""
-        return activation_l1(
-            list(self.activations().values()), lam=self.lam, reduction=self.reduction
-        )
-
-    def __repr__(self) -> str:
-        return f"ActivationL1(sites={self.site_names}, lam={self.lam}, reduction={self.reduction!r})"
+    def term(self, activations: dict[str, torch.Tensor], labels: Any = None) -> torch.Tensor:
+        """The L1 term over the activations of one forward pass (labels unused)."""
+        return activation_l1(list(activations.values()), lam=self.lam, reduction=self.reduction)
 
 
 def soft_mask_l0(
@@ -120,7 +116,7 @@ def soft_mask_l0(
     return lam * total
 
 
-class MaskL0(Regularizer):
+class MaskL0(UnhookedRegularizer):
     """The L0 surrogate of continuous sparsification: ``lam * sum sigmoid(T * s)``.
 
     Parameters
@@ -144,10 +140,16 @@ class MaskL0(Regularizer):
     1.5
     """
 
+    _constraints = {
+        "lam": Interval(None, None),
+        "temperature": Interval(0, None, closed="neither", allow_none=True),
+    }
+
     def __init__(self, masks: Any, *, lam: float = 1.0, temperature: float | None = None) -> None:
         self.masks = masks
         self.lam = lam
         self.temperature = temperature
+        self._validate_params()
 
     def logits(self) -> list[torch.Tensor]:
         """The mask-logit tensors, in order."""
@@ -181,9 +183,6 @@ class MaskL0(Regularizer):
             return float(live)
         return 1.0
 
-    def loss(self) -> torch.Tensor:
-        """``lam`` times the sum of the soft mask values."""
+    def loss(self, *, labels: Any = None) -> torch.Tensor:
+        """``lam`` times the sum of the soft mask values (``labels`` unused)."""
         return soft_mask_l0(self.logits(), temperature=self.current_temperature(), lam=self.lam)
-
-    def __repr__(self) -> str:
-        return f"MaskL0(lam={self.lam}, temperature={self.temperature})"

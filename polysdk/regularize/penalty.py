@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 
 from polysdk.errors import ConfigError
+from polysdk.params import Interval, Options
 from polysdk.regularize.base import ActivationRegularizer
 from polysdk.sites import Capture, SiteSpec, TensorKey
 
@@ -174,11 +175,10 @@ class PolysemanticityPenalty(ActivationRegularizer):
     """Seed 001's penalty on the live activations of chosen sites.
 
     Attach it (``with`` or ``attach()``), run the forward pass, then call
-    ``loss(labels)`` with the batch's labels; the result keeps the activations'
-    gradient, so ``(task_loss + reg.loss(y)).backward()`` trains against it. (A loop
-    that calls every regularizer as ``reg.loss()`` can give the labels beforehand
-    with ``reg.set_labels(y)``.) Activations with more than two axes (positions,
-    spatial maps) are flattened per example.
+    ``loss(labels=y)`` with the batch's labels; the result keeps the activations'
+    gradient, so ``(task_loss + reg.loss(labels=y)).backward()`` trains against it.
+    Activations with more than two axes (positions, spatial maps) are flattened per
+    example.
 
     Parameters
     ----------
@@ -200,9 +200,16 @@ class PolysemanticityPenalty(ActivationRegularizer):
     >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     >>> with PolysemanticityPenalty(net, "1", alpha=1.0) as reg:
     ...     logits = net(x)
-    ...     loss = torch.nn.functional.cross_entropy(logits, y) + reg.loss(y)
+    ...     loss = torch.nn.functional.cross_entropy(logits, y) + reg.loss(labels=y)
     >>> loss.backward()
     """
+
+    _constraints = {
+        "alpha": Interval(None, None),
+        "mode": Options("soft", "hard"),
+        "eps": Interval(0, None),
+        "threshold": Interval(None, None),
+    }
 
     def __init__(
         self,
@@ -216,40 +223,24 @@ class PolysemanticityPenalty(ActivationRegularizer):
         capture: Capture = "output",
         key: TensorKey = None,
     ) -> None:
-        _check_mode(mode)
         self.alpha = alpha
         self.mode = mode
         self.eps = eps
         self.threshold = threshold
         super().__init__(model, sites, capture=capture, key=key)
-        self._labels: Any = None
 
-    def set_labels(self, labels: Any) -> None:
-        """Labels used by the next ``loss()`` calls that are given none."""
-        self._labels = labels
-
-    def loss(self, labels: Any = None) -> torch.Tensor:  # type: ignore[override]
-        """The penalty over the activations of the last forward pass, for ``labels``."""
-        if labels is None:
-            labels = self._labels
+    def term(self, activations: dict[str, torch.Tensor], labels: Any) -> torch.Tensor:
+        """The penalty over the activations of one forward pass, for ``labels``."""
         if labels is None:
             raise ConfigError(
-                "PolysemanticityPenalty.loss needs the batch's labels: call reg.loss(y) "
-                "(or reg.set_labels(y) first) with the labels of the examples just run "
-                "through the model"
+                "PolysemanticityPenalty.loss needs the batch's labels: call "
+                "reg.loss(labels=y) with the labels of the examples just run through the model"
             )
-        acts = self.activations()
         return polysemanticity_penalty(
-            list(acts.values()),
+            list(activations.values()),
             labels,
             alpha=self.alpha,
             mode=self.mode,
             eps=self.eps,
             threshold=self.threshold,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"PolysemanticityPenalty(sites={self.site_names}, alpha={self.alpha}, "
-            f"mode={self.mode!r})"
         )
