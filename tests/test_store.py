@@ -10,7 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
-from polysdk.errors import StoreError, StoreSchemaError, WriterError
+from polysdk.errors import ConfigError, StoreError, StoreSchemaError, WriterError
 from polysdk.store import ActivationStore
 
 SITES = {"features.6": ("sample", "unit"), "blocks.0.mlp.hook_post": ("sample", "position", "unit")}
@@ -330,7 +330,7 @@ def test_default_codec_and_bad_codec(path, monkeypatch):
         assert s.attrs["polysdk"]["codec"] == DEFAULT_CODEC == "auto"
     meta = json.loads((path / "s" / "activation" / "zarr.json").read_text())
     assert meta["codecs"][-1]["name"] == "zstd"  # constant data: compressible
-    with pytest.raises(StoreError, match="unknown codec 'lzma'"):
+    with pytest.raises(ConfigError, match="unknown codec 'lzma'"):
         ActivationStore(path.parent / "x.zarr", mode="w", codec="lzma")
 
 
@@ -514,7 +514,7 @@ def test_whole_chunks_hold_the_bytes_zarr_itself_writes(tmp_path, codec):
 @pytest.mark.parametrize("direct", [True, False])
 def test_chunk_file_writer_exact_bytes(tmp_path, size, direct):
     """Direct (O_DIRECT, padded then truncated) and buffered writes leave the same file."""
-    from polysdk.store._writer import ChunkFileWriter
+    from polysdk.store._chunks import ChunkFileWriter
 
     payload = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
     writer = ChunkFileWriter(direct=direct)
@@ -532,7 +532,7 @@ def test_chunk_file_writer_falls_back_when_direct_io_is_refused(tmp_path, monkey
     import errno
     import os
 
-    from polysdk.store import _writer
+    from polysdk.store import _chunks
 
     real_open = os.open
 
@@ -541,8 +541,8 @@ def test_chunk_file_writer_falls_back_when_direct_io_is_refused(tmp_path, monkey
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(_writer.os, "open", refusing_open)
-    writer = _writer.ChunkFileWriter(direct=True)
+    monkeypatch.setattr(_chunks.os, "open", refusing_open)
+    writer = _chunks.ChunkFileWriter(direct=True)
     writer.write(tmp_path / "a", b"x" * 5000)
     assert not writer.direct
     assert (tmp_path / "a").read_bytes() == b"x" * 5000
@@ -643,22 +643,22 @@ def test_auto_codec_compresses_when_the_disk_cannot_be_measured(path, monkeypatc
 
 
 def test_disk_speed_is_measured_once_per_filesystem_and_leaves_no_file(tmp_path, monkeypatch):
-    from polysdk.store import _writer
+    from polysdk.store import _chunks
 
-    monkeypatch.setattr(_writer, "_DISK_SPEED", {})
+    monkeypatch.setattr(_chunks, "_DISK_SPEED", {})
     writes = []
-    real = _writer.ChunkFileWriter.write
+    real = _chunks.ChunkFileWriter.write
 
     def counting(self, path, payload):
         writes.append(len(memoryview(payload).cast("B")))
         real(self, path, payload)
 
-    monkeypatch.setattr(_writer.ChunkFileWriter, "write", counting)
-    speed = _writer.measure_write_speed(tmp_path)  # 16 MiB: a warm-up file and a timed one
+    monkeypatch.setattr(_chunks.ChunkFileWriter, "write", counting)
+    speed = _chunks.measure_write_speed(tmp_path)  # 16 MiB: a warm-up file and a timed one
     assert speed > 0 and writes == [8 << 20, 8 << 20]
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "sub").mkdir()
-    assert _writer.measure_write_speed(tmp_path / "sub") == speed  # same filesystem: cached
+    assert _chunks.measure_write_speed(tmp_path / "sub") == speed  # same filesystem: cached
     assert len(writes) == 2
 
 
@@ -760,7 +760,7 @@ def test_commits_are_coalesced_and_made_when_the_writer_goes_quiet(path, monkeyp
             time.sleep(0.02)  # no flush: the quiet writer commits by itself
         assert ActivationStore(path).n_samples == 110
     np.testing.assert_array_equal(ActivationStore(path)["s"].values[:, 0], np.repeat(np.arange(55), 2))
-    with pytest.raises(StoreError, match="commit_interval must be >= 0"):
+    with pytest.raises(ConfigError, match="commit_interval must be >= 0"):
         ActivationStore(path, mode="a", commit_interval=-1)
 
 

@@ -166,14 +166,15 @@ def test_failure_at_any_write_keeps_whole_batches(batches, chunk, fail_at, seed)
 def test_batches_split_into_chunks_and_the_rest_kept(lengths, chunk, data):
     """The writer's chunk assembly: each chunk's slices join to exactly the next
     ``chunk`` samples, and what stays pending is everything after them."""
-    from polysdk.store._writer import _drop_samples, _split_into_chunks
+    from polysdk.store._chunks import split_into_chunks
+    from polysdk.store._writer import _drop_samples
 
     total = sum(lengths)
     n_chunks = data.draw(st.integers(0, total // chunk))
     ends = np.cumsum([0, *lengths])
     parts = [np.arange(a, b).reshape(-1, 1) * 10 for a, b in zip(ends[:-1], ends[1:])]
     joined = np.concatenate(parts)
-    chunks = _split_into_chunks(parts, chunk, n_chunks)
+    chunks = split_into_chunks(parts, chunk, n_chunks)
     assert len(chunks) == n_chunks
     for i, pieces in enumerate(chunks):
         np.testing.assert_array_equal(np.concatenate(pieces), joined[i * chunk : (i + 1) * chunk])

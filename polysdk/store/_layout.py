@@ -15,12 +15,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from polysdk.errors import StoreError
+from polysdk.errors import ConfigError, StoreError
 
 #: Default codec: zstd level 1 (chosen by ``benchmarks/store_codecs.py``, see
 #: docs/benchmarks/store.md) for each site whose first batch it shrinks by at least
@@ -37,6 +38,30 @@ MAX_AUTO_CHUNK_SAMPLES = 4096
 RESULTS = "results"
 STAGING = ".staging"  # hidden: never part of the commit record
 ROOT_META = "zarr.json"
+
+
+# ----------------------------------------------------------------------------- arrays
+@dataclass(frozen=True)
+class ArraySpec:
+    """How to create one array of a site group (shape along sample starts at 0)."""
+
+    dims: tuple[str, ...]
+    trailing: tuple[int, ...]
+    dtype: str  # numpy dtype name, or "string"
+    chunk_samples: int
+    compressors: Any = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CodecChoice:
+    """Compressors the writer picks from a site's first batch (``codec="auto"``).
+
+    ``choose(first_batch) -> (compressors, note)``. Deferred to the writer thread so
+    that sampling zstd and measuring the disk never hold up the model's thread.
+    """
+
+    choose: Callable[[np.ndarray], tuple[Any, str]]
 
 
 # ----------------------------------------------------------------------------- codecs
@@ -61,13 +86,16 @@ def make_compressors(codec: Any) -> tuple[Any, ...] | None:
     lvl = None if level is None else int(level)
     if name in ("none", "raw"):
         return None
-    if name == "zstd":
-        return (zc.ZstdCodec(level=1 if lvl is None else lvl),)
-    if name.startswith("blosc-") and name[6:] in ("lz4", "lz4hc", "zstd", "zlib", "blosclz"):
-        return (zc.BloscCodec(cname=name[6:], clevel=5 if lvl is None else lvl, shuffle="shuffle"),)
-    if name == "gzip":
-        return (zc.GzipCodec(level=5 if lvl is None else lvl),)
-    raise StoreError(
+    try:
+        if name == "zstd":
+            return (zc.ZstdCodec(level=1 if lvl is None else lvl),)
+        if name.startswith("blosc-") and name[6:] in ("lz4", "lz4hc", "zstd", "zlib", "blosclz"):
+            return (zc.BloscCodec(cname=name[6:], clevel=5 if lvl is None else lvl, shuffle="shuffle"),)
+        if name == "gzip":
+            return (zc.GzipCodec(level=5 if lvl is None else lvl),)
+    except (ValueError, TypeError) as err:  # e.g. a level out of range
+        raise ConfigError(f"codec {codec!r}: {err}; e.g. 'zstd:1' or 'gzip:5'") from err
+    raise ConfigError(
         f"unknown codec {codec!r}; use None/'none', 'zstd[:level]', 'blosc-lz4[:level]', "
         "'blosc-zstd[:level]', 'gzip[:level]' or a zarr codec object"
     )

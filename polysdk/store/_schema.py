@@ -10,7 +10,6 @@ import numpy as np
 from polysdk import dims as D
 from polysdk.errors import StoreSchemaError
 from polysdk.store import _layout as L
-from polysdk.store._writer import ArraySpec
 
 RESERVED = ("activation",)
 _FIX = "append batches shaped like the first one, or write to a new store (mode='w')"
@@ -112,14 +111,14 @@ class Schema:
         chunk_samples: int | None,
         compressors: Any,
         site_compressors: Mapping[str, tuple[Any, str]] | None = None,
-    ) -> dict[str, dict[str, ArraySpec]]:
+    ) -> dict[str, dict[str, L.ArraySpec]]:
         """Fix the schema from the first batch; return the arrays the writer creates.
 
         ``compressors`` apply to coordinates; ``site_compressors`` maps a site to the
         (compressors, note) of its activation array (default: ``compressors``); the
         compressors may be a ``CodecChoice`` the writer resolves from the first batch.
         """
-        create: dict[str, dict[str, ArraySpec]] = {}
+        create: dict[str, dict[str, L.ArraySpec]] = {}
         for s, a in data.items():
             trailing = tuple(a.shape[1:])
             cs = chunk_samples or L.auto_chunk_samples(trailing, a.dtype.itemsize)
@@ -132,11 +131,11 @@ class Schema:
             if note:
                 attrs["codec"] = note
             specs = {
-                "activation": ArraySpec(site_dims[s], trailing, dt, cs, site_comp, attrs),
-                site_dims[s][0]: ArraySpec((site_dims[s][0],), (), "int64", cs),
+                "activation": L.ArraySpec(site_dims[s], trailing, dt, cs, site_comp, attrs),
+                site_dims[s][0]: L.ArraySpec((site_dims[s][0],), (), "int64", cs),
             }
             for k, (cd, arr) in cvals.items():
-                specs[k] = ArraySpec(cd, tuple(arr.shape[1:]), dtype_name(arr), cs, compressors)
+                specs[k] = L.ArraySpec(cd, tuple(arr.shape[1:]), dtype_name(arr), cs, compressors)
             create[s] = specs
         self.coords = {
             k: {"dims": cd, "trailing": tuple(arr.shape[1:]), "dtype": dtype_name(arr)}

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import functools
 import os
 import shutil
-import threading
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -17,44 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from polysdk.errors import StoreError, StoreSchemaError, WriterError, closest_names
+from polysdk.errors import ConfigError, StoreError, StoreSchemaError, WriterError, closest_names
 from polysdk.store import _layout as L
+from polysdk.store._chunks import measure_write_speed
+from polysdk.store._commit import BatchRecord, CommitLog
 from polysdk.store._schema import Schema
-from polysdk.store._writer import Batch, CodecChoice, Writer, measure_write_speed
+from polysdk.store._writer import Batch, Writer
 
 if TYPE_CHECKING:
     import xarray as xr
 
 _MODES = ("w", "w-", "a", "r")
-_LEDGER = "polysdk_batches"
 _IN_MEMORY_COORD_BYTES = 256 * 2**20
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchRecord:
-    """One committed ``append``: its rows, the samples (texts) they hold, and the
-    fingerprint of its inputs (None when the caller gave none)."""
-
-    rows: int
-    samples: int
-    fingerprint: str | None = None
-
-
-def _write_ledger(batches: list[BatchRecord]) -> dict[str, Any]:
-    return {
-        "rows": [b.rows for b in batches],
-        "samples": [b.samples for b in batches],
-        "fingerprints": [b.fingerprint or "" for b in batches],
-    }
-
-
-def _read_ledger(doc: Any) -> list[BatchRecord]:
-    if not isinstance(doc, Mapping):
-        return []
-    return [
-        BatchRecord(int(r), int(n), f or None)
-        for r, n, f in zip(doc.get("rows", []), doc.get("samples", []), doc.get("fingerprints", []))
-    ]
 _VERSIONED = ("polysdk", "torch", "zarr", "xarray", "numpy")
 
 
@@ -122,11 +94,18 @@ class ActivationStore:
         commit_interval: float = 0.25,
     ) -> None:
         if mode not in _MODES:
-            raise StoreError(f"unknown mode {mode!r}; use one of {_MODES}")
-        if not float(commit_interval) >= 0:
-            raise StoreError(f"commit_interval must be >= 0 seconds, got {commit_interval!r}")
-        if chunk_samples is not None and int(chunk_samples) < 1:
-            raise StoreError(f"chunk_samples must be >= 1 or None, got {chunk_samples!r}")
+            raise ConfigError(f"unknown mode {mode!r}; use one of {_MODES}")
+        try:
+            interval_ok = float(commit_interval) >= 0
+        except (TypeError, ValueError):
+            interval_ok = False
+        if not interval_ok:
+            raise ConfigError(f"commit_interval must be >= 0 seconds, got {commit_interval!r}")
+        if chunk_samples is not None and (
+            isinstance(chunk_samples, bool) or not isinstance(chunk_samples, (int, np.integer))
+            or chunk_samples < 1
+        ):
+            raise ConfigError(f"chunk_samples must be an int >= 1 or None, got {chunk_samples!r}")
         if "://" in str(path):
             raise StoreError(
                 f"only local paths are supported, got {str(path)!r}; copy the store "
@@ -137,13 +116,10 @@ class ActivationStore:
         self.chunk_samples = None if chunk_samples is None else int(chunk_samples)
         self._codec = codec
         self._compressors = L.make_compressors(codec)  # validates the spec now
-        self._lock = threading.RLock()
         self._writer: Writer | None = None
         self._closed = False
         self._schema = Schema()  # fixed by the first batch
-        self._disk_sites: list[str] = []
-        self._pending_batches: list[BatchRecord] = []  # appended, not yet committed
-        self._batches: list[BatchRecord] = []
+        self._log: CommitLog  # the committed state; set by _create or _load
         if mode == "a" and not (self.path / L.ROOT_META).exists() and not (
             self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
         ):
@@ -155,23 +131,22 @@ class ActivationStore:
         if mode != "r":
             sites = list(self._schema.sites)
             self._writer = Writer(
-                self.path, self._committed, sites, self._commit, max_queue, float(commit_interval)
+                self.path, self._log.n, sites, self._log, max_queue, float(commit_interval)
             )
-            self._disk_sites = sites
             if not sites and L.is_auto(self._codec):
                 # measured while the model computes the first batch, not after it
                 self._writer.call_soon(self._disk_speed)
-            self._queued = self._committed  # rows handed to the writer
-        ledger_rows = sum(b.rows for b in self._batches)
+            self._queued = self._log.n  # rows handed to the writer
+        ledger_rows = sum(b.rows for b in self._log.batches)
         self._queued_samples = (  # samples handed to the writer
-            sum(b.samples for b in self._batches) + self._committed - ledger_rows
+            sum(b.samples for b in self._log.batches) + self._log.n - ledger_rows
         )
 
     # ------------------------------------------------------------------ open / create
     def _site_codec(self, first_batch: np.ndarray) -> tuple[Any, str | None]:
         """(compressors, note) of a new site; ``"auto"`` is decided by the writer thread."""
         if L.is_auto(self._codec):
-            return CodecChoice(functools.partial(
+            return L.CodecChoice(functools.partial(
                 L.choose_compressors, self._codec, disk_mb_per_s=self._disk_speed)), None
         return L.choose_compressors(self._codec, first_batch)
 
@@ -195,18 +170,18 @@ class ActivationStore:
                     "Choose another path"
                 )
         p.mkdir(parents=True, exist_ok=True)
-        self._attrs: dict[str, Any] = dict(attrs or {})
-        self._attrs["polysdk"] = {
+        doc: dict[str, Any] = dict(attrs or {})
+        doc["polysdk"] = {
             "format": 1,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "chunk_samples": self.chunk_samples,
             "codec": L.codec_label(codec),
-            "model": self._attrs.get("model"),
+            "model": doc.get("model"),
             "versions": {k: _version(k) for k in _VERSIONED},
             "bfloat16": "stored as float32; that activation has attr source_dtype='bfloat16'",
         }
-        self._committed = 0
-        self._commit(0, [])
+        self._log = CommitLog(p, doc)
+        self._log.commit(0, [])
 
     def _load(self, attrs: Mapping[str, Any] | None) -> None:
         p = self.path
@@ -224,12 +199,12 @@ class ActivationStore:
                     "record); open it with zarr or xarray instead"
                 )
             rec = (root_attrs, {})  # creation was interrupted: empty store
-        self._attrs, meta = dict(rec[0]), rec[1]
+        doc, meta = dict(rec[0]), rec[1]
         if attrs:
-            self._attrs.update(attrs)
+            doc.update(attrs)
         self._schema = Schema.from_metadata(meta)
-        self._committed = int(self._attrs.get("n_samples", 0))
-        self._batches = _read_ledger(self._attrs.get(_LEDGER))
+        self._check_chunk_samples(doc)
+        self._log = CommitLog(p, doc, int(doc.get("n_samples", 0)), list(self._schema.sites))
         if self.mode == "a":
             self._repair()
 
@@ -237,7 +212,7 @@ class ActivationStore:
         """Drop everything not in the commit record (an interrupted run's tail)."""
         import zarr
 
-        p, n = self.path, self._committed
+        p, n = self.path, self._log.n
         shutil.rmtree(p / L.STAGING, ignore_errors=True)
         keep = {*self._schema.sites, L.RESULTS}
         for child in p.iterdir():
@@ -250,21 +225,26 @@ class ActivationStore:
                 for _, arr in g.arrays():
                     if arr.shape[0] != n:
                         arr.resize((n, *arr.shape[1:]))
-        self._commit(n, list(self._schema.sites))
+        self._log.commit(n, list(self._schema.sites))
 
-    # ------------------------------------------------------------------ commit
-    def _commit(self, n: int, sites: list[str], exclude: tuple[str, ...] = ()) -> None:
-        with self._lock:
-            end = sum(b.rows for b in self._batches)
-            while self._pending_batches and end + self._pending_batches[0].rows <= n:
-                record = self._pending_batches.pop(0)
-                self._batches.append(record)
-                end += record.rows
-            self._committed = n
-            self._disk_sites = list(sites)
-            self._attrs["n_samples"] = int(n)
-            self._attrs[_LEDGER] = _write_ledger(self._batches)
-            L.write_commit_record(self.path, self._attrs, sites, n, exclude)
+    def _check_chunk_samples(self, doc: dict[str, Any]) -> None:
+        """Reopening with another ``chunk_samples`` than the sites were written with is
+        an error (their chunks are fixed); on a store without sites yet it is the value
+        the first batch will use."""
+        if self.chunk_samples is None:
+            return
+        stored = {s: int(info["chunk"]) for s, info in self._schema.sites.items()}
+        other = {s: c for s, c in stored.items() if c != self.chunk_samples}
+        if other:
+            site, chunk = next(iter(other.items()))
+            raise ConfigError(
+                f"store {str(self.path)!r} was written with chunk_samples={chunk} (site "
+                f"{site!r}), but chunk_samples={self.chunk_samples} was given; a store's chunks "
+                f"are fixed: reopen with chunk_samples={chunk} or None, or write a new store "
+                "(mode='w')"
+            )
+        if not stored and self.mode != "r":
+            doc.setdefault("polysdk", {})["chunk_samples"] = self.chunk_samples
 
     # ------------------------------------------------------------------ writing
     def _check_writable(self) -> Writer:
@@ -283,7 +263,7 @@ class ActivationStore:
             err = self._writer.error
             raise WriterError(
                 f"the background writer of {str(self.path)!r} failed "
-                f"({type(err).__name__}: {err}); batches after sample {self._committed} were "
+                f"({type(err).__name__}: {err}); batches after sample {self._log.n} were "
                 "not committed. Fix the cause, then reopen with mode='a' to resume"
             ) from err
 
@@ -345,7 +325,7 @@ class ActivationStore:
         all_dims = {d for ds in site_dims.values() for d in ds}
         cvals = schema.coords_for(coords or {}, n_samples, all_dims, row)
         texts = n_samples if n_samples_given is None else int(n_samples_given)
-        with self._lock:
+        with self._log.lock:
             create = None
             if not schema.sites:
                 create = schema.define(
@@ -357,7 +337,7 @@ class ActivationStore:
             index = np.arange(self._queued, self._queued + n_samples, dtype=np.int64)
             self._queued += n_samples
             self._queued_samples += texts
-            self._pending_batches.append(BatchRecord(n_samples, texts, fingerprint))
+            self._log.add(BatchRecord(n_samples, texts, fingerprint))
         coord_arrays = {k: v[1] for k, v in cvals.items()}
         per_site = {
             s: {"activation": a, row: index, **coord_arrays} for s, a in data.items()
@@ -397,8 +377,7 @@ class ActivationStore:
         if self._writer is None and (self.path / L.ROOT_META).exists():
             rec = L.read_commit_record(self.path)
             if rec is not None:
-                self._committed = int(rec[0].get("n_samples", 0))
-                self._batches = _read_ledger(rec[0].get(_LEDGER))
+                self._log.reload(rec[0])
                 if not self._schema.sites:
                     self._schema = Schema.from_metadata(rec[1])
 
@@ -407,20 +386,20 @@ class ActivationStore:
         """Committed samples (what a reader sees); in a token store, the texts."""
         self._refresh()
         if self._schema.row_dim == "token":
-            return sum(b.samples for b in self._batches)
-        return self._committed
+            return sum(b.samples for b in self._log.batches)
+        return self._log.n
 
     @property
     def next_sample(self) -> int:
         """Index the next appended sample gets: committed plus queued samples."""
-        with self._lock:
+        with self._log.lock:
             return self._queued_samples
 
     @property
     def n_rows(self) -> int:
         """Committed rows along the first dim: samples, or tokens in a token store."""
         self._refresh()
-        return self._committed
+        return self._log.n
 
     @property
     def row_dim(self) -> str | None:
@@ -433,7 +412,7 @@ class ActivationStore:
         """The committed batches in order: rows, samples and input fingerprint of each
         ``append`` (what a resume compares its data with)."""
         self._refresh()
-        return list(self._batches)
+        return list(self._log.batches)
 
     @property
     def sites(self) -> list[str]:
@@ -444,7 +423,7 @@ class ActivationStore:
     @property
     def attrs(self) -> dict[str, Any]:
         """Root attributes (config, versions, user attrs); edits are saved at the next commit."""
-        return self._attrs
+        return self._log.attrs
 
     def _sync(self) -> None:
         if self._writer is not None and not self._closed:
@@ -529,7 +508,7 @@ class ActivationStore:
             warnings.simplefilter("ignore")
             out.to_zarr(stage, mode="w", consolidated=False, zarr_format=3)
         target = self.path / L.RESULTS / name
-        with self._lock:
+        with self._log.lock:
             parts = name.split("/")
             for i in range(len(parts)):  # the groups above the result
                 parent = self.path.joinpath(L.RESULTS, *parts[:i])
@@ -539,11 +518,11 @@ class ActivationStore:
                     L.atomic_write_json(parent / L.ROOT_META, group)
             old = None
             if target.exists():
-                self._commit(self._committed, self._disk_sites, exclude=(name,))
+                self._log.recommit(exclude=(name,))
                 old = self.path / L.STAGING / (uuid.uuid4().hex + ".old")
                 os.rename(target, old)
             os.rename(stage, target)
-            self._commit(self._committed, self._disk_sites)
+            self._log.recommit()
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
