@@ -49,6 +49,7 @@ DETECTORS: Registry[type[BaseDetector]] = Registry(
         "concept_sets": "polysdk.detect.concept_sets:ConceptSets",
         "concept_ranking": "polysdk.detect.concept_ranking:ConceptRanking",
         "feature_capacity": "polysdk.detect.capacity:FeatureCapacity",
+        "dictionary_features": "polysdk.detect.dictionary:DictionaryFeatures",
     })
 
 

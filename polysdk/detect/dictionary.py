@@ -34,8 +34,10 @@ import torch
 import xarray as xr
 
 from polysdk import dims
-from polysdk.detect.base import Detector, register
+from polysdk.detect._constraints import POSITION
+from polysdk.detect.base import Detector
 from polysdk.errors import ConfigError, DetectorInputError
+from polysdk.params import Interval, Options
 
 __all__ = ["DictionaryFeatures", "TopKAutoencoder"]
 
@@ -69,7 +71,6 @@ class TopKAutoencoder(torch.nn.Module):
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-@register("dictionary_features")
 class DictionaryFeatures(Detector):
     """Neurons that serve several features of a top-k sparse autoencoder's dictionary.
 
@@ -112,6 +113,21 @@ class DictionaryFeatures(Detector):
     (True, 1)
     """
 
+    registry_name = "dictionary_features"
+    fitted_attributes = ("autoencoder_",)
+    _constraints = {
+        "n_features": Interval(1, None, integer=True, allow_none=True),
+        "k": (Options("auto"), Interval(1, None, integer=True)),
+        "epochs": Interval(1, None, integer=True),
+        "batch_size": Interval(1, None, integer=True),
+        "lr": Interval(0, None, closed="neither"),
+        "share": Interval(0, 1, closed="right"),
+        "min_features": Interval(1, None, integer=True),
+        "min_explained": Interval(0, 1, closed="right"),
+        "position": POSITION,
+        "seed": Interval(None, None, integer=True),
+    }
+
     def __init__(self, n_features: int | None = None, k: int | str = "auto", epochs: int = 30,
                  batch_size: int = 256, lr: float = 4e-3, share: float = 0.1,
                  min_features: int = 2, min_explained: float = 0.9, position: Any = "mean",
@@ -126,25 +142,14 @@ class DictionaryFeatures(Detector):
         self.min_features = min_features
         self.position = position
         self.seed = seed
+        self._validate_params()
 
     def _check(self, n_units: int) -> int:
+        """The dictionary size, and the one rule that depends on the data: k <= it."""
         n_features = self.n_features if self.n_features is not None else 4 * n_units
-        checks = [
-            (isinstance(n_features, (int, np.integer)) and n_features >= 1, "n_features", n_features, "an int >= 1"),
-            (self.k == "auto" or (isinstance(self.k, (int, np.integer)) and 1 <= self.k <= n_features),
-             "k", self.k, f"'auto' or an int in [1, n_features={n_features}]"),
-            (0 < self.min_explained <= 1, "min_explained", self.min_explained, "in (0, 1]"),
-            (isinstance(self.epochs, (int, np.integer)) and self.epochs >= 1, "epochs", self.epochs, "an int >= 1"),
-            (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1, "batch_size",
-             self.batch_size, "an int >= 1"),
-            (self.lr > 0, "lr", self.lr, "> 0"),
-            (0 < self.share <= 1, "share", self.share, "in (0, 1]"),
-            (isinstance(self.min_features, (int, np.integer)) and self.min_features >= 1, "min_features",
-             self.min_features, "an int >= 1"),
-        ]
-        for ok, name, value, rule in checks:
-            if not ok:
-                raise ConfigError(f"DictionaryFeatures({name}={value!r}): {name} must be {rule}")
+        if self.k != "auto" and self.k > n_features:
+            raise ConfigError(f"DictionaryFeatures(k={self.k!r}): k must be 'auto' or an int "
+                              f"in [1, n_features={n_features}]")
         return int(n_features)
 
     def _detect(self, activations: xr.DataArray, labels: Any = None) -> xr.Dataset:
