@@ -312,6 +312,15 @@ def test_detectors_share_the_one_registry_class(monkeypatch):
         Detector.from_name("not_a_detector")
 
 
+def test_a_plugin_detector_declares_constraints_too():
+    acts = xr.DataArray(np.ones((3, 2)), dims=("sample", "unit"))
+    det = Detector.from_name("max_spread", ratio=0.5)  # tests/plugin_package
+    with pytest.raises(ConfigError, match=r"MaxSpread\(ratio=0\.5\): ratio must be a number "
+                                          r"in \[1, inf\]"):
+        det.fit(acts)
+    assert det.set_params(ratio=2.0).fit(acts).polysemantic_.tolist() == []
+
+
 def test_register_refuses_a_taken_builtin_name_and_non_detectors():
     with pytest.raises(ConfigError, match="'hdbscan' is already registered to "
                                           "polysdk.detect.hdbscan_clusters.HDBSCANClusters"):

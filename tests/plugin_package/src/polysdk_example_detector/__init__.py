@@ -4,6 +4,7 @@ polysdk finds it through the ``polysdk.detectors`` entry point in ``pyproject.to
 no import of this package is needed::
 
     from polysdk.detect import Detector
+from polysdk.params import Interval
     det = Detector.from_name("max_spread", ratio=3.0).fit(acts)
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import xarray as xr
 
 from polysdk.detect import Detector
+from polysdk.params import Interval
 
 __all__ = ["MaxSpread"]
 
@@ -19,6 +21,9 @@ __all__ = ["MaxSpread"]
 class MaxSpread(Detector):
     """Polysemantic when a unit's max activation exceeds ``ratio`` x its mean
     activation over the samples where it is positive (a crude multi-modality flag)."""
+
+    # checked by fit (and set_params): MaxSpread(ratio=0).fit(acts) raises ConfigError
+    _constraints = {"ratio": Interval(1, None)}
 
     def __init__(self, ratio: float = 3.0):
         self.ratio = ratio
