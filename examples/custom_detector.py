@@ -17,6 +17,7 @@ import xarray as xr
 
 from polysdk.data import make_planted_classes, precision_recall
 from polysdk.detect import ClassSelectivity, Detector, register
+from polysdk.params import Interval
 from polysdk.store import ActivationStore
 
 
@@ -29,6 +30,8 @@ class TopClassShare(Detector):
     """
 
     needs_labels = True  # fit raises a clear error when no labels are found
+    # declared rules, checked by fit and set_params: max_share=2 raises ConfigError
+    _constraints = {"max_share": Interval(0, 1)}
 
     def __init__(self, max_share: float = 0.8):
         self.max_share = max_share  # hyper-parameters: stored unchanged
