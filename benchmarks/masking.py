@@ -70,7 +70,8 @@ def _block(fn: Any, device: str, steps: int) -> float:
 def _measurer(name: str, args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor,
               y: torch.Tensor) -> Any:
     """A function that runs one timed block of the case and returns seconds per step."""
-    from polysdk.mask import SNIP, ActGrad, ContinuousSparsification, SiteReader, select_unit
+    from polysdk import Trace
+    from polysdk.mask import SNIP, ActGrad, ContinuousSparsification, select_unit
 
     dev = args.device
     xb = x[: args.batch].to(dev)
@@ -87,8 +88,8 @@ def _measurer(name: str, args: argparse.Namespace, model: torch.nn.Module, x: to
 
         def step() -> None:
             if to_target:
-                with SiteReader(model, target) as reader:
-                    act = select_unit(reader.run(lambda: model(xb)), ("sample", "unit", "y", "x"), unit, "centre")
+                h = Trace(model, target, stop=True).run(model, xb)[target]
+                act = select_unit(h, ("sample", "unit", "y", "x"), unit, "centre")
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(act, yb.float())
             else:
                 loss = torch.nn.functional.cross_entropy(model(xb), yb)

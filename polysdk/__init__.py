@@ -9,15 +9,19 @@
 
 Components: ``Probe`` (this module), detectors (``polysdk.detect``), interventions
 (``polysdk.intervene``), maskers (``polysdk.mask``), regularizers
-(``polysdk.regularize``) and studies (``polysdk.studies``). See docs/architecture.md.
+(``polysdk.regularize``) and studies (``polysdk.studies``); ``Trace`` reads sites
+(optionally stopping the forward there) and ``Compose`` attaches several components
+in order. See docs/architecture.md.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from polysdk import errors
+from polysdk.compose import Compose
 from polysdk.probe import Probe
 from polysdk.sites import HookedComponent, Hooks, list_sites, resolve_sites
 from polysdk.store import ActivationStore
+from polysdk.trace import Trace
 
 try:
     __version__ = version("polysdk")
@@ -26,9 +30,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "ActivationStore",
+    "Compose",
     "HookedComponent",
     "Hooks",
     "Probe",
+    "Trace",
     "__version__",
     "errors",
     "list_sites",

@@ -9,6 +9,12 @@
   masks of the same densities (hypergeometric).
 * :func:`masked_call`, :func:`masks_to_dataset`, :func:`save_masks`, :func:`load_masks`.
 
+Every masker is a :class:`Masker` (:mod:`polysdk.mask.base`): hyper-parameters as
+``__init__`` keywords (``get_params``, ``set_params``, ``clone``, ``repr``; bad values
+raise ``ConfigError``), ``fit(data, ...)`` returns it, ``masks_`` and ``density_`` are
+its fitted attributes and ``with masker.masked():`` runs the model with the masks.
+The target is read by a :class:`polysdk.trace.Trace` that stops the forward there.
+
 ::
 
     cs = ContinuousSparsification(model, "features.10", unit=255, position="centre",
@@ -26,12 +32,14 @@ selects its value with ``position=`` (``"centre"``/``"center"``, ``"mean"``, ``-
 
 from polysdk.dims import select_unit
 from polysdk.mask._core import SiteReader, expand_mask, masked_call, select_parameters
+from polysdk.mask.actgrad import ActGrad
+from polysdk.mask.base import Masker
 from polysdk.mask.compare import hypergeom_overlap, mask_overlap
 from polysdk.mask.continuous import ContinuousSparsification, temperature_schedule
 from polysdk.mask.io import dataset_to_masks, densities, load_masks, masks_to_dataset, save_masks
 from polysdk.mask.objectives import Contrastive, Preserve
 from polysdk.mask.preservation import feature_preservation, preservation_curve, preservation_scores
-from polysdk.mask.saliency import FORCE, SNIP, ActGrad, collapse_target, force_schedule, topk_masks
+from polysdk.mask.saliency import FORCE, SNIP, SaliencyMasker, collapse_target, force_schedule, topk_masks
 from polysdk.mask.unit import UnitMask
 
 __all__ = [
@@ -40,7 +48,9 @@ __all__ = [
     "ActGrad",
     "Contrastive",
     "ContinuousSparsification",
+    "Masker",
     "Preserve",
+    "SaliencyMasker",
     "SiteReader",
     "UnitMask",
     "collapse_target",

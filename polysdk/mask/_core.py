@@ -1,4 +1,4 @@
-"""Shared plumbing of the maskers: parameter selection, masked forward, site reading.
+"""Shared plumbing of the maskers: parameter selection, masked forward, target reading.
 
 Parameter masks never touch the model's tensors: :func:`masked_call` runs the model
 with ``weight * mask`` swapped into each masked parameter's slot for the duration of
@@ -7,12 +7,13 @@ with aliased submodules), and the original parameters are back on every path
 (return, exception, interrupt). Activations
 are read only through :mod:`polysdk.sites`.
 
-*Stopping the forward pass at the target.* :class:`SiteReader` keeps the value of one
-site; with ``stop=True`` its hook raises the private ``_StopForward`` exception right
-after storing the value, and :meth:`SiteReader.run` catches it, so layers after the
-target never run (no time, no memory). The exception passes through the model's own
-code; a model that catches every ``Exception`` in its forward would swallow it, in
-which case pass ``stop_at_target=False``.
+*Stopping the forward pass at the target.* :class:`SiteReader` is a one-site
+:class:`polysdk.trace.Trace` that stops by default: its hook raises
+:class:`~polysdk.trace.StopForward` right after storing the value, and
+:meth:`SiteReader.run` catches it, so layers after the target never run (no time, no
+memory). The exception passes through the model's own code; a model that catches
+every ``Exception`` in its forward would swallow it, in which case pass
+``stop_at_target=False``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from polysdk.errors import ConfigError, SiteError
-from polysdk.sites import Hooks, SiteSpec, TensorKey, resolve_sites, unwrap_model
+from polysdk.errors import ConfigError
+from polysdk.sites import SiteSpec, TensorKey, resolve_sites, unwrap_model
+from polysdk.trace import Trace
 
 __all__ = [
     "SiteReader",
@@ -34,10 +36,6 @@ __all__ = [
     "swapped_parameters",
     "select_parameters",
 ]
-
-
-class _StopForward(Exception):
-    """Raised by a capturing hook to end a forward pass at the target site."""
 
 
 def select_parameters(
@@ -159,8 +157,9 @@ def masked_call(
         return module(*args, **kwargs)
 
 
-class SiteReader:
-    """Reads one site's value during a forward pass, optionally stopping there.
+class SiteReader(Trace):
+    """A :class:`~polysdk.trace.Trace` of one site that stops there by default; its
+    :meth:`run` returns that site's value (what the maskers read).
 
     >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
     >>> with SiteReader(net, "0") as reader:
@@ -173,46 +172,20 @@ class SiteReader:
         self, model: Any, site: SiteSpec, *, stop: bool = True, capture: str = "output",
         key: TensorKey = None,
     ) -> None:
-        self.stop = stop
-        self._value: torch.Tensor | None = None
-        self._hooks = Hooks(model, site, self._hook, capture=capture, key=key)  # type: ignore[arg-type]
-        if len(self._hooks.site_names) != 1:
+        super().__init__(model, site, stop=stop, capture=capture, key=key)  # type: ignore[arg-type]
+        if len(self.site_names) != 1:
             raise ConfigError(
-                f"the target must be one site, got {site!r} matching {self._hooks.site_names}; "
+                f"the target must be one site, got {site!r} matching {self.site_names}; "
                 f"name a single module"
             )
-        self.site = self._hooks.site_names[0]
+        self.site = self.site_names[0]
 
-    def _hook(self, site: str, tensor: torch.Tensor) -> torch.Tensor | None:
-        self._value = tensor
-        if self.stop:
-            raise _StopForward
-        # hand later layers a copy, so an in-place op (ReLU(inplace=True)) cannot
-        # overwrite the value kept here nor its place in the autograd graph
-        return tensor.clone()
-
-    def run(self, call: Callable[[], Any]) -> torch.Tensor:
-        """Run ``call()`` (a forward pass) and return the site's value."""
-        self._value = None
+    def run(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        """Run ``call(*args, **kwargs)`` (a forward pass) and return the site's value."""
         try:
-            call()
-        except _StopForward:
-            pass
-        value, self._value = self._value, None
-        if value is None:
-            raise SiteError(
-                f"site {self.site!r} did not run in the forward pass; choose a module that "
-                f"the model calls"
-            )
-        return value
-
-    def __enter__(self) -> SiteReader:
-        self._hooks.attach()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._hooks.detach()
-        self._value = None
+            return super().run(call, *args, **kwargs)[self.site]
+        finally:
+            self._values = {}
 
 
 def model_device(model: Any) -> torch.device:

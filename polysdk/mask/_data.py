@@ -29,7 +29,7 @@ from polysdk import dims as D
 from polysdk.errors import ConfigError
 
 __all__ = ["COORD_KEYS", "Batch", "Target", "TargetValue", "as_batch", "as_whole", "cat_values",
-           "iter_batches", "reiterable"]
+           "clean_labels", "iter_batches", "labelled_batches", "labelled_source", "reiterable"]
 
 COORD_KEYS = ("label", "labels", "id", "ids")
 
@@ -256,3 +256,66 @@ class Target:
 
     def with_unit(self, unit: int | None) -> Target:
         return replace(self, unit=unit)
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def clean_labels(batch: Batch, objective: Any, *, swap: bool = False) -> Batch:
+    """Check a batch's 0/1 labels, drop the inputs labelled -1 and apply ``swap``."""
+    if batch.label is None:
+        if getattr(objective, "needs_labels", False):
+            raise ConfigError(
+                f"objective {objective!r} needs labels: call fit(x, labels), or give each "
+                f"batch its labels ((x, label) tuples or a 'labels' key)"
+            )
+        return batch
+    y = batch.label.long().reshape(-1)
+    if len(y) != len(batch):
+        raise ConfigError(f"got {len(batch)} inputs but {len(y)} labels; pass one label per input")
+    batch = Batch(batch.args, batch.kwargs, y)
+    keep = y >= 0  # -1 is HDBSCAN noise: dropped
+    if not bool(keep.all()):
+        batch = batch.take(keep)
+        y = batch.label
+    bad = torch.unique(y[(y != 0) & (y != 1)])
+    if len(bad):
+        raise ConfigError(
+            f"labels must be 1 (chosen cluster), 0 (other) or -1 (dropped); found "
+            f"{bad.tolist()}; map your cluster ids to 0/1 first"
+        )
+    if swap:
+        batch = Batch(batch.args, batch.kwargs, 1 - y)
+    return batch
+
+
+def labelled_source(x: Any, labels: Any, objective: Any, *, swap: bool = False) -> Any:
+    """All of ``x`` as one checked :class:`Batch` to split (a tensor, a tuple or a
+    dict of every input), or the iterable of batches it is."""
+    whole = as_whole(x)
+    if whole is None:
+        if labels is not None:
+            raise ConfigError(
+                "labels= goes with all inputs at once (a tensor, a tuple or a dict); with an "
+                "iterable of batches give each batch its labels ((x, label) tuples or a "
+                "'labels' key)"
+            )
+        return reiterable(x)
+    if labels is not None:
+        whole = Batch(whole.args, whole.kwargs, torch.as_tensor(labels))
+    whole = clean_labels(whole, objective, swap=swap)
+    if len(whole) == 0:
+        raise ConfigError("no inputs left to train on (all labels were -1?)")
+    return whole
+
+
+def labelled_batches(source: Any, objective: Any, batch_size: int, *, swap: bool = False,
+                     generator: torch.Generator | None = None, shuffle: bool = False) -> Iterator[Batch]:
+    """The checked batches of ``source`` (a whole batch is split, shuffled if asked)."""
+    if isinstance(source, Batch):
+        yield from iter_batches(source, batch_size, generator=generator, shuffle=shuffle)
+        return
+    for item in source:
+        batch = clean_labels(as_batch(item), objective, swap=swap)
+        if len(batch):
+            yield batch

@@ -31,20 +31,16 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from polysdk.errors import ConfigError, NotFittedError
-from polysdk.mask._core import (
-    SiteReader,
-    eval_mode,
-    expand_mask,
-    masked_call,
-    model_device,
-    select_parameters,
-)
-from polysdk.mask._data import Batch, Target, TargetValue, as_batch, as_whole, cat_values, iter_batches, reiterable
+from polysdk.errors import ConfigError
+from polysdk.mask._core import SiteReader, eval_mode, expand_mask, masked_call, model_device, select_parameters
+from polysdk.mask._data import (Batch, Target, TargetValue, cat_values, iter_batches, labelled_batches,
+                                labelled_source)
+from polysdk.mask.base import Masker
 from polysdk.mask.io import masks_to_dataset
 from polysdk.mask.objectives import Contrastive, call_objective, resolve_objective
-from polysdk.sites import SiteSpec, TensorKey
+from polysdk.params import Interval, Options, Satisfies, TypeOf
 from polysdk.regularize.losses import soft_mask_l0
+from polysdk.sites import SiteSpec, TensorKey
 
 __all__ = ["ContinuousSparsification", "temperature_schedule"]
 
@@ -67,7 +63,21 @@ def temperature_schedule(epochs: int, start: float = 1.0, end: float = 200.0) ->
     return [start * (end / start) ** (e / (epochs - 1)) for e in range(epochs)]
 
 
-class ContinuousSparsification:
+def _positive_pair(value: Any) -> bool:
+    try:
+        return len(value) == 2 and all(float(t) > 0 for t in value)
+    except (TypeError, ValueError):
+        return False
+
+
+def _int_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, int) and v >= 0 for v in value)
+
+
+_BOOL = TypeOf(bool)
+
+
+class ContinuousSparsification(Masker):
     """Learn a sparse binary mask over ``params`` that serves one target unit.
 
     Parameters
@@ -116,7 +126,25 @@ class ContinuousSparsification:
     ...                               progress=False).fit(x, y)
     >>> sorted(cs.masks_)
     ['0.bias', '0.weight', '2.bias', '2.weight']
+    >>> with cs.masked():                  # the model runs as the subnetwork
+    ...     _ = net(x)
     """
+
+    _constraints = {
+        "granularity": Options("weight", "kernel"),
+        "penalize": Options("weights", "all"),
+        "lam": Interval(0, None),
+        "s0": Interval(None, None),
+        "temperature": Satisfies(_positive_pair, "a pair (T0, T1) of positive temperatures"),
+        "epochs": Interval(1, None, integer=True),
+        "lr": Interval(0, None),
+        "momentum": Interval(0, None),
+        "milestones": Satisfies(_int_sequence, "a sequence of epoch numbers (ints >= 0)"),
+        "gamma": Interval(0, None, closed="neither"),
+        "batch_size": Interval(1, None, integer=True),
+        "seed": Interval(None, None, integer=True),
+        "mask_bias": _BOOL, "swap": _BOOL, "stop_at_target": _BOOL, "progress": _BOOL,
+    }
 
     def __init__(
         self,
@@ -172,76 +200,16 @@ class ContinuousSparsification:
         self.key = key
         self.seed = seed
         self.progress = progress
-
-    # ------------------------------------------------------------------ helpers
-    def _check(self) -> None:
-        if self.granularity not in ("weight", "kernel"):
-            raise ConfigError(f"granularity must be 'weight' or 'kernel', got {self.granularity!r}")
-        if self.penalize not in ("weights", "all"):
-            raise ConfigError(f"penalize must be 'weights' or 'all', got {self.penalize!r}")
-        if self.batch_size < 1 or self.epochs < 1 or self.lam < 0:
-            raise ConfigError(
-                f"need batch_size >= 1, epochs >= 1 and lam >= 0; got batch_size="
-                f"{self.batch_size}, epochs={self.epochs}, lam={self.lam}"
-            )
+        self._validate_params()
 
     # ------------------------------------------------------------------ data
-    def _clean(self, batch: Batch, objective: Any) -> Batch:
-        """Check a batch's labels, drop the inputs labelled -1 and apply ``swap``."""
-        if batch.label is None:
-            if getattr(objective, "needs_labels", False):
-                raise ConfigError(
-                    f"objective {objective!r} needs labels: call fit(x, labels), or give each "
-                    f"batch its labels ((x, label) tuples or a 'labels' key)"
-                )
-            return batch
-        y = batch.label.long().reshape(-1)
-        if len(y) != len(batch):
-            raise ConfigError(f"got {len(batch)} inputs but {len(y)} labels; pass one label per input")
-        batch = Batch(batch.args, batch.kwargs, y)
-        keep = y >= 0  # -1 is HDBSCAN noise: dropped
-        if not bool(keep.all()):
-            batch = batch.take(keep)
-            y = batch.label
-        bad = torch.unique(y[(y != 0) & (y != 1)])
-        if len(bad):
-            raise ConfigError(
-                f"labels must be 1 (chosen cluster), 0 (other) or -1 (dropped); found "
-                f"{bad.tolist()}; map your cluster ids to 0/1 first"
-            )
-        if self.swap:
-            batch = Batch(batch.args, batch.kwargs, 1 - y)
-        return batch
-
     def _source(self, x: Any, labels: Any, objective: Any) -> Any:
-        """All of ``x`` as one checked :class:`Batch` to split (a tensor, a tuple or a
-        dict of every input), or the iterable of batches it is."""
-        whole = as_whole(x)
-        if whole is None:
-            if labels is not None:
-                raise ConfigError(
-                    "labels= goes with all inputs at once (a tensor, a tuple or a dict); with an "
-                    "iterable of batches give each batch its labels ((x, label) tuples or a "
-                    "'labels' key)"
-                )
-            return reiterable(x)
-        if labels is not None:
-            whole = Batch(whole.args, whole.kwargs, torch.as_tensor(labels))
-        whole = self._clean(whole, objective)
-        if len(whole) == 0:
-            raise ConfigError("no inputs left to train on (all labels were -1?)")
-        return whole
+        return labelled_source(x, labels, objective, swap=self.swap)
 
     def _batches(self, source: Any, objective: Any, *, generator: torch.Generator | None = None,
                  shuffle: bool = False) -> Any:
-        """The checked batches of ``source`` (a whole batch is split, shuffled if asked)."""
-        if isinstance(source, Batch):
-            yield from iter_batches(source, self.batch_size, generator=generator, shuffle=shuffle)
-            return
-        for item in source:
-            batch = self._clean(as_batch(item), objective)
-            if len(batch):
-                yield batch
+        return labelled_batches(source, objective, self.batch_size, swap=self.swap,
+                                generator=generator, shuffle=shuffle)
 
     def _read(self, reader: SiteReader, masks: dict[str, torch.Tensor] | None, batch: Batch) -> TargetValue:
         """The target's value on ``batch`` with ``masks`` (``None``: the full model)."""
@@ -293,7 +261,7 @@ class ContinuousSparsification:
         (dropped, e.g. HDBSCAN noise). ``x_val``/``labels_val`` are the held-out inputs
         whose objective goes into ``objective_val_`` and ``result_``.
         """
-        self._check()
+        self._validate_params()
         objective = resolve_objective(self.objective)
         needs_ref = bool(getattr(objective, "needs_reference", False))
         device = model_device(self.model)
@@ -402,15 +370,14 @@ class ContinuousSparsification:
         return attrs
 
     # ------------------------------------------------------------------ use
-    def _fitted(self) -> None:
-        if not hasattr(self, "masks_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(x, labels) first")
+    def _fit_hint(self) -> str:
+        return "call fit(x, labels) first"
 
     def activations(self, x: Any, *, masked: bool = True) -> torch.Tensor:
         """The target unit's activation on ``x`` with the binary mask (or without):
         ``[sample, *rest]``; where the selection keeps the positions of masked text
         batches, their real tokens only, ``[token, *rest]`` (text order)."""
-        self._fitted()
+        self._check_fitted()
         device = model_device(self.model)
         with eval_mode(self.model), self._reader() as reader, torch.no_grad():
             parts = [
@@ -421,7 +388,7 @@ class ContinuousSparsification:
 
     def score(self, x: Any, labels: Any = None) -> float:
         """The objective on ``x`` with the binary mask (lower is better)."""
-        self._fitted()
+        self._check_fitted()
         objective = resolve_objective(self.objective)
         source = self._source(x, labels, objective)
         with eval_mode(self.model), self._reader() as reader:
@@ -429,11 +396,5 @@ class ContinuousSparsification:
 
     def save(self, store: Any, name: str) -> None:
         """Write ``result_`` to an ``ActivationStore`` as result ``name``."""
-        self._fitted()
+        self._check_fitted()
         store.write_result(name, self.result_, attrs=dict(self.result_.attrs))
-
-    def __repr__(self) -> str:
-        return (
-            f"ContinuousSparsification(target={self.target!r}, unit={self.unit}, "
-            f"objective={self.objective!r}, lam={self.lam}, epochs={self.epochs})"
-        )

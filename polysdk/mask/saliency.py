@@ -13,6 +13,10 @@ score, ``n_reachable_``), as circuit pruning does::
     force = FORCE(alexnet, "features.10", unit=255, params="features.*", density=0.05).fit(images)
     ActGrad(alexnet, "features.10", unit=255, structure="kernel").fit(images).scores_
     SNIP(bert, "encoder.layer.1.intermediate", unit=7, position="mean").fit(text_batches)
+    snip = SNIP(alexnet, "features.10", unit=255, density=0.05).fit(images)
+    snip.masks_, snip.density_                      # every Masker's fitted attributes
+    with snip.masked():                             # the model runs as the subnetwork
+        alexnet(images)
 
 Data is what :class:`polysdk.probe.Probe` takes: a tensor, a tuple ``(x, label, ...)``
 or a dict of model keyword arguments (``input_ids``, ``attention_mask``, ...), split
@@ -41,11 +45,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from polysdk import dims as D
 from polysdk.errors import ConfigError, NotFittedError
 from polysdk.mask._core import (
     SiteReader,
@@ -56,10 +58,12 @@ from polysdk.mask._core import (
     select_parameters,
 )
 from polysdk.mask._data import Batch, Target, iter_batches
-from polysdk.mask.io import layer_of
-from polysdk.sites import Hooks, SiteSpec, TensorKey, unwrap_model
+from polysdk.mask.base import Masker
+from polysdk.params import Interval, Options, TypeOf
+from polysdk.sites import SiteSpec, TensorKey
 
-__all__ = ["FORCE", "SNIP", "ActGrad", "collapse_target", "force_schedule", "structure_scores", "topk_masks"]
+__all__ = ["FORCE", "SNIP", "SaliencyMasker", "collapse_target", "force_schedule", "structure_scores",
+           "topk_masks"]
 
 Structure = Literal["weight", "kernel", "filter"]
 
@@ -134,39 +138,36 @@ def force_schedule(n_total: int, n_keep: int, steps: int) -> list[int]:
     return out
 
 
-class _Saliency:
-    """Shared parameters, fitting loop and mask making of the saliency methods."""
+class SaliencyMasker(Masker):
+    """Shared parameters, fitting loop and mask making of the saliency maskers.
 
-    structure: str = "weight"
+    Subclasses list every parameter in their ``__init__`` signature and call
+    ``self._store(locals())``; ``fit`` scores (``scores_``) and, when ``density`` is
+    set, keeps the global top share as ``masks_``.
+    """
 
-    def __init__(
-        self,
-        model: Any,
-        target: SiteSpec,
-        unit: int | None = None,
-        *,
-        position: Any = None,
-        dims: Sequence[str] | None = None,
-        params: SiteSpec | Sequence[SiteSpec] = "**",
-        reduce: Literal["sum_abs", "max"] = "sum_abs",
-        batch_size: int = 32,
-        stop_at_target: bool = True,
-        capture: Literal["output", "input"] = "output",
-        key: TensorKey = None,
-        progress: bool = False,
-    ) -> None:
-        self.model = model
-        self.target = target
-        self.unit = unit
-        self.position = position
-        self.dims = dims
-        self.params = params
-        self.reduce = reduce
-        self.batch_size = batch_size
-        self.stop_at_target = stop_at_target
-        self.capture = capture
-        self.key = key
-        self.progress = progress
+    _constraints = {
+        "reduce": Options("sum_abs", "max"),
+        "batch_size": Interval(1, None, integer=True),
+        "density": Interval(0, 1, closed="right", allow_none=True),
+        "stop_at_target": TypeOf(bool),
+        "progress": TypeOf(bool),
+    }
+
+    def _store(self, values: dict[str, Any]) -> None:
+        for name in self._param_names():
+            setattr(self, name, values[name])
+        self._validate_params()
+
+    def _fit_hint(self) -> str:
+        if getattr(self, "density", None) is None and hasattr(self, "scores_"):
+            return (f"it was fitted with density=None (scores only); pass density= (or "
+                    f"set_params(density=...) and fit again), or use masks_for(density)")
+        return "call fit(x) first"
+
+    def _reset(self) -> None:
+        for attr in ("n_reachable_", "scores_", "total_score_", "masks_"):
+            self.__dict__.pop(attr, None)
 
     def _reader(self) -> SiteReader:
         return SiteReader(self.model, self.target, stop=self.stop_at_target, capture=self.capture, key=self.key)
@@ -194,7 +195,11 @@ class _Saliency:
         if not hasattr(self, "n_reachable_"):
             self.n_reachable_ = sum(int((s > 0).sum()) for s in self.scores_.values())
 
-    def _check_fitted(self) -> None:
+    def _keep_top(self) -> None:
+        if self.density is not None:
+            self.masks_ = self.masks_for(self.density)
+
+    def _check_scored(self) -> None:
         if not hasattr(self, "scores_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(x) first")
 
@@ -207,7 +212,7 @@ class _Saliency:
     def masks_for(self, density: float | None = None, *, k: int | None = None, x: Any = None) -> dict[str, torch.Tensor]:
         """Binary masks of each scored parameter's shape keeping the global top-k
         (``k``, or ``density`` of ``n_reachable_``)."""
-        self._check_fitted()
+        self._check_scored()
         if k is None:
             if density is None:
                 raise ConfigError("give density= or k=")
@@ -217,16 +222,13 @@ class _Saliency:
         return {n: expand_mask(m, shapes[n].shape).clone() for n, m in picked.items()}
 
 
-class _MaskGradient(_Saliency):
+class _MaskGradient(SaliencyMasker):
     """SNIP and FORCE: scores are ``|dT/dm|`` through a per-weight mask ``m``."""
 
-    def __init__(self, *args: Any, structure: Structure = "weight", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.structure = structure
+    _constraints = {**SaliencyMasker._constraints, "structure": Options("weight", "kernel", "filter")}
 
     def _mask_scores(self, x: Any, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        if self.structure not in ("weight", "kernel", "filter"):
-            raise ConfigError(f"structure must be 'weight', 'kernel' or 'filter', got {self.structure!r}")
+        self._validate_params()
         device = model_device(self.model)
         params = self._params()
         grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
@@ -250,14 +252,41 @@ class _MaskGradient(_Saliency):
 class SNIP(_MaskGradient):
     """SNIP saliency ``|w * dT/dw|`` of every weight (or kernel/filter average).
 
+    ``density`` (optional): ``fit`` also keeps that share of the reachable elements
+    as ``masks_`` (otherwise pick any density later with :meth:`masks_for`).
+
     >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
-    >>> s = SNIP(net, "2", unit=0).fit(torch.randn(8, 3))
+    >>> s = SNIP(net, "2", unit=0, density=0.5).fit(torch.randn(8, 3))
     >>> round(sum(float(v.sum()) for v in s.scores_.values()), 6)
     1.0
+    >>> 0 < s.density_ <= 0.5
+    True
     """
 
+    def __init__(
+        self,
+        model: Any,
+        target: SiteSpec,
+        unit: int | None = None,
+        *,
+        position: Any = None,
+        dims: Sequence[str] | None = None,
+        params: SiteSpec | Sequence[SiteSpec] = "**",
+        structure: Structure = "weight",
+        density: float | None = None,
+        reduce: Literal["sum_abs", "max"] = "sum_abs",
+        batch_size: int = 32,
+        stop_at_target: bool = True,
+        capture: Literal["output", "input"] = "output",
+        key: TensorKey = None,
+        progress: bool = False,
+    ) -> None:
+        self._store(locals())
+
     def fit(self, x: Any) -> SNIP:
+        self._reset()
         self._finish(self._mask_scores(x))
+        self._keep_top()
         return self
 
 
@@ -267,14 +296,35 @@ class FORCE(_MaskGradient):
     weights are re-scored each round and may come back.
     """
 
-    def __init__(self, *args: Any, density: float = 0.1, steps: int = 10, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.density = density
-        self.steps = steps
+    _constraints = {
+        **_MaskGradient._constraints,
+        "density": Interval(0, 1, closed="right"),
+        "steps": Interval(1, None, integer=True),
+    }
+
+    def __init__(
+        self,
+        model: Any,
+        target: SiteSpec,
+        unit: int | None = None,
+        *,
+        position: Any = None,
+        dims: Sequence[str] | None = None,
+        params: SiteSpec | Sequence[SiteSpec] = "**",
+        structure: Structure = "weight",
+        density: float = 0.1,
+        steps: int = 10,
+        reduce: Literal["sum_abs", "max"] = "sum_abs",
+        batch_size: int = 32,
+        stop_at_target: bool = True,
+        capture: Literal["output", "input"] = "output",
+        key: TensorKey = None,
+        progress: bool = False,
+    ) -> None:
+        self._store(locals())
 
     def fit(self, x: Any) -> FORCE:
-        for attr in ("n_reachable_", "scores_"):
-            self.__dict__.pop(attr, None)
+        self._reset()
         self._finish(self._mask_scores(x))
         shapes = self._params()
         self.schedule_ = force_schedule(self.n_reachable_, self.n_keep(self.density), self.steps)
@@ -298,118 +348,5 @@ class FORCE(_MaskGradient):
         """Top-k of the final round's scores; for another ``density`` pass ``x`` to
         run FORCE again at that density (FORCE's mask depends on its schedule)."""
         if density is not None and x is not None and density != self.density:
-            other = FORCE(self.model, self.target, self.unit, position=self.position, dims=self.dims,
-                          params=self.params, reduce=self.reduce, batch_size=self.batch_size,
-                          stop_at_target=self.stop_at_target, capture=self.capture, key=self.key,
-                          progress=self.progress, structure=self.structure, density=density, steps=self.steps)
-            return other.fit(x).masks_
+            return self.clone(density=density).fit(x).masks_
         return super().masks_for(density, k=k)
-
-
-class ActGrad(_Saliency):
-    """ActGrad saliency per kernel (``structure="kernel"``) or per filter.
-
-    Scored layers must be ``nn.Conv2d`` (``groups=1``) or ``nn.Linear``; for a
-    linear layer a kernel is one weight.
-    """
-
-    def __init__(self, *args: Any, structure: Literal["kernel", "filter"] = "kernel",
-                 max_chunk_elements: int = 2**25, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.structure = structure
-        self.max_chunk_elements = max_chunk_elements
-
-    def fit(self, x: Any) -> ActGrad:
-        if self.structure not in ("kernel", "filter"):
-            raise ConfigError(f"ActGrad structure must be 'kernel' or 'filter', got {self.structure!r}")
-        device = model_device(self.model)
-        params = self._params()
-        named = dict(unwrap_model(self.model).named_modules())
-        layers = {layer_of(n): named[layer_of(n)] for n in params}
-        for name, mod in layers.items():
-            conv_ok = isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
-            if not (isinstance(mod, nn.Linear) or conv_ok):
-                raise ConfigError(
-                    f"ActGrad scores nn.Conv2d (groups=1, zero padding) and nn.Linear layers; {name!r} is "
-                    f"{type(mod).__name__}: narrow params= to such layers"
-                )
-        inputs: dict[str, torch.Tensor] = {}
-        outputs: dict[str, torch.Tensor] = {}
-
-        def keep_input(site: str, t: torch.Tensor) -> None:
-            inputs[site] = t.detach()
-
-        def keep_output(site: str, t: torch.Tensor) -> torch.Tensor:
-            outputs[site] = t
-            return t.clone()  # later in-place ops (ReLU(inplace=True)) must not rebase t
-
-        raw = {f"{n}.weight": None for n in layers}
-        in_hooks = Hooks(self.model, list(layers), keep_input, capture="input")
-        out_hooks = Hooks(self.model, list(layers), keep_output)
-        with eval_mode(self.model), in_hooks, out_hooks, self._reader() as reader:
-            for batch in tqdm(iter_batches(x, self.batch_size), disable=not self.progress, desc="ActGrad"):
-                inputs.clear()
-                outputs.clear()
-                b = batch.to(device)
-                act = reader.run(lambda: b.call(self.model))
-                target = self._target(reader, act, b)
-                ran = [n for n in layers if n in outputs]
-                grads = torch.autograd.grad(target, [outputs[n] for n in ran], allow_unused=True)
-                for name, g in zip(ran, grads):
-                    if g is None:
-                        continue
-                    score = self._layer_score(layers[name], inputs[name], outputs[name].detach(), g, b.mask)
-                    key = f"{name}.weight"
-                    raw[key] = score if raw[key] is None else raw[key] + score
-        self._finish({n: s for n, s in raw.items() if s is not None})
-        return self
-
-    def _layer_score(self, mod: nn.Module, xin: torch.Tensor, z: torch.Tensor, g: torch.Tensor,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Summed over the batch: kernel scores ``[O, I]`` or filter scores ``[O]``; the
-        mean over positions counts real tokens only (``mask``)."""
-        names = _layer_dims(mod, z)
-        keep = _fitting_mask(mask, names, z)
-        if self.structure == "filter":
-            per_input, _, _ = D.select((z * g).abs(), names, "mean", mask=keep)  # (sample, unit)
-            return per_input.sum(0)
-        w = mod.weight.detach()
-        if isinstance(mod, nn.Linear):
-            # contribution of weight (o, i) at row r (an input, or one position of it) is
-            # x_ri w_oi with gradient g_ro; rows weigh 1 / (real positions of their input)
-            if keep is not None:
-                rows = keep.float() / keep.sum(1, keepdim=True).clamp(min=1)
-            else:
-                rows = torch.full(z.shape[:-1], 1.0 / max(1, math.prod(z.shape[1:-1])), device=z.device)
-            xin2, g2 = xin.reshape(-1, xin.shape[-1]), g.reshape(-1, g.shape[-1])
-            return w.abs() * ((g2.abs() * rows.reshape(-1, 1).to(g2.dtype)).t() @ xin2.abs())
-        out_c, in_c = w.shape[:2]
-        # every kernel's own map: a grouped conv, output channel i * O + o = conv(x_i, w_oi)
-        w_edges = w.transpose(0, 1).reshape(in_c * out_c, 1, *w.shape[2:])
-        per_item = in_c * out_c * z.shape[2] * z.shape[3]
-        chunk = max(1, self.max_chunk_elements // max(per_item, 1))
-        total = torch.zeros(out_c, in_c, device=w.device, dtype=torch.float32)
-        for start in range(0, xin.shape[0], chunk):
-            xc, gc = xin[start : start + chunk], g[start : start + chunk]
-            edges = F.conv2d(xc, w_edges, None, mod.stride, mod.padding, mod.dilation, groups=in_c)
-            edges = edges.reshape(len(xc), in_c, out_c, *edges.shape[2:])
-            prod = (edges * gc[:, None]).abs().mean(dim=(3, 4)).sum(0)  # [I, O]
-            total += prod.t().float()
-        return total
-
-
-def _layer_dims(mod: nn.Module, z: torch.Tensor) -> tuple[str, ...]:
-    """Dim names of a scored layer's output: a conv map by the dims rule; a linear
-    layer's units are its last axis by construction (``(sample, position, unit)`` on 3-D)."""
-    if isinstance(mod, nn.Linear) and z.ndim > 3:
-        return (D.SAMPLE, *(f"dim_{i}" for i in range(1, z.ndim - 1)), D.UNIT)
-    return D.default_dims(z.ndim)
-
-
-def _fitting_mask(mask: torch.Tensor | None, names: tuple[str, ...], z: torch.Tensor) -> torch.Tensor | None:
-    """The batch's attention mask when it lines up with this layer's positions."""
-    if mask is None or D.POSITION not in names:
-        return None
-    if tuple(mask.shape) != (z.shape[0], z.shape[names.index(D.POSITION)]):
-        return None
-    return mask.to(z.device).bool()

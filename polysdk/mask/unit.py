@@ -13,6 +13,14 @@ Two ways to remove a unit:
   zeroes once and lets them regrow (the original code's behaviour). The zeros stay
   after ``detach()`` (it is pruning) unless ``restore=True``.
 
+``with mask.inactive():`` switches the effect off with every hook left in place: in
+activation mode the units pass unchanged; in parameter mode the gradient mask and the
+re-zeroing after ``optimizer.step()`` stand aside (the entries may train), and they
+are zeroed again when the block ends, so the entries are held at zero exactly while
+the mask is active. ``UnitMask`` is a :class:`~polysdk.mask.base.Masker`:
+``masks_`` holds the kept units (``fit(x)`` reads the site's size in activation
+mode; parameter mode needs no data).
+
 >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
 >>> with UnitMask(net, "0", units=[1]):
 ...     net(torch.ones(1, 2))[0, 1].item()
@@ -21,20 +29,25 @@ Two ways to remove a unit:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Self
 
 import torch
-from torch.utils.hooks import RemovableHandle
 
-from polysdk.errors import ConfigError
 from polysdk import dims as D
-from polysdk.sites import HookedComponent, SiteSpec, TensorKey, hook_gradient, hook_optimizer_step
+from polysdk.component import Component
+from polysdk.errors import ConfigError
+from polysdk.mask._data import iter_batches
+from polysdk.mask.base import Masker
+from polysdk.params import Options, TypeOf
+from polysdk.sites import SiteSpec, TensorKey, hook_gradient, hook_optimizer_step, unwrap_model
+from polysdk.trace import Trace
 
 __all__ = ["UnitMask"]
 
 
-class UnitMask(HookedComponent):
+class UnitMask(Component, Masker):
     """Zero ``units`` at ``site`` (see the module docstring for the two modes).
 
     Parameters
@@ -59,7 +72,17 @@ class UnitMask(HookedComponent):
     >>> pruned = UnitMask(net, "1", units=[0, 2], mode="parameter").attach()
     >>> net[1].weight.tolist(), net[1].bias.tolist()
     ([0.0, 1.0, 0.0, 1.0], [0.0, 0.5, 0.0, 0.5])
+    >>> pruned.fit().density_
+    0.5
+    >>> pruned.detach()
     """
+
+    _constraints = {
+        "mode": Options("activation", "parameter"),
+        "regrow": TypeOf(bool),
+        "zero_bias": TypeOf(bool),
+        "restore": TypeOf(bool),
+    }
 
     def __init__(
         self,
@@ -76,16 +99,7 @@ class UnitMask(HookedComponent):
         capture: Literal["output", "input"] = "output",
         key: TensorKey = None,
     ) -> None:
-        super().__init__(model, site, capture=capture, key=key)
-        if len(self.site_names) != 1:
-            raise ConfigError(f"UnitMask takes one site; {site!r} matches {self.site_names}")
-        if mode not in ("activation", "parameter"):
-            raise ConfigError(f"mode must be 'activation' or 'parameter', got {mode!r}")
-        if regrow and mode == "activation":
-            raise ConfigError(
-                "regrow=True applies to mode='parameter' (zero the weights once and let them "
-                "train); a hook in mode='activation' holds the units at zero by construction"
-            )
+        self.site = site
         self.units = [int(u) for u in (units.tolist() if isinstance(units, torch.Tensor) else units)]
         self.mode = mode
         self.dims = dims
@@ -93,14 +107,26 @@ class UnitMask(HookedComponent):
         self.zero_bias = zero_bias
         self.optimizer = optimizer
         self.restore = restore
-        self._on = False
-        self._handles: list[RemovableHandle] = []
+        self._validate_params()
+        super().__init__(model, site, capture=capture, key=key)
+        if len(self.site_names) != 1:
+            raise ConfigError(f"UnitMask takes one site; {site!r} matches {self.site_names}")
         self._saved: dict[str, torch.Tensor] = {}
         if mode == "parameter":
             self._targets()  # fail early on a module without weights or out-of-range units
 
+    def _validate_params(self, names: Any = None) -> None:
+        super()._validate_params(names)
+        if self.regrow and self.mode == "activation":
+            raise ConfigError(
+                "regrow=True applies to mode='parameter' (zero the weights once and let them "
+                "train); a hook in mode='activation' holds the units at zero by construction"
+            )
+
     # ---------------------------------------------------------------- activation
     def hook(self, site: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        if self.mode == "parameter":
+            return None  # the weights carry the removal
         names = D.check_dims(None if self.dims is None else tuple(self.dims), tensor.shape, site=site,
                              need_unit=True)
         dim = D.unit_axis(names, site=site)
@@ -138,7 +164,10 @@ class UnitMask(HookedComponent):
         for p in self._targets().values():
             p[self.units] = 0
 
-    def _attach_parameters(self) -> None:
+    # ---------------------------------------------------------------- lifecycle
+    def _on_attach(self) -> None:
+        if self.mode != "parameter":
+            return
         params = self._targets()
         with torch.no_grad():
             for n, p in params.items():
@@ -147,47 +176,64 @@ class UnitMask(HookedComponent):
         if self.regrow:
             return
         for p in params.values():
-            keep = self._keep(p)
-            self._handles.append(hook_gradient(p, lambda g, keep=keep: g * keep))
+            self._own(hook_gradient(p, lambda g, keep=self._keep(p): g * keep if self.active else None))
         if self.optimizer is not None:
-            self._handles.append(hook_optimizer_step(self.optimizer, lambda *_: self.enforce()))
+            self._own(hook_optimizer_step(self.optimizer, lambda *_: self.enforce() if self.active else None))
 
-    # ---------------------------------------------------------------- lifecycle
-    @property
-    def attached(self) -> bool:
-        return self._on
-
-    def attach(self) -> UnitMask:
-        if self._on:
-            return self
-        if self.mode == "activation":
-            super().attach()
-        else:
-            try:
-                self._attach_parameters()
-            except BaseException:
-                self._release()
-                raise
-        self._on = True
-        return self
-
-    def _release(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
-
-    def detach(self) -> None:
-        super().detach()
-        self._release()
+    def _on_detach(self) -> None:
         if self._saved and self.restore:
             with torch.no_grad():
                 for n, p in self._targets().items():
                     if n in self._saved:
                         p[self.units] = self._saved[n].to(p.device)
         self._saved = {}
-        self._on = False
 
-    def __enter__(self) -> UnitMask:
-        return self.attach()
+    @contextlib.contextmanager
+    def inactive(self) -> Iterator[Self]:
+        """Effect off, hooks on; parameter mode re-zeroes the entries on leaving."""
+        try:
+            with super().inactive():
+                yield self
+        finally:
+            if self.attached and self.active and self.mode == "parameter" and not self.regrow:
+                self.enforce()
 
-    def __repr__(self) -> str:
-        return f"UnitMask({self.site_names[0]!r}, units={self.units[:8]}{'...' if len(self.units) > 8 else ''}, mode={self.mode!r})"
+    # ---------------------------------------------------------------- Masker
+    def fit(self, x: Any = None) -> UnitMask:
+        """Build ``masks_``: the kept entries of each zeroed parameter (parameter mode)
+        or ``{site: kept units}`` (activation mode, sized from one forward on ``x``)."""
+        if self.mode == "parameter":
+            names = {id(p): n for n, p in unwrap_model(self.model).named_parameters()}
+            self.masks_ = {names[id(p)]: self._keep(p).bool().expand_as(p).clone()
+                           for p in self._targets().values()}
+            return self
+        if x is None:
+            raise ConfigError("UnitMask(mode='activation').fit(x) needs a batch to read the site's size")
+        batch = next(iter_batches(x, 8), None)
+        if batch is None:
+            raise ConfigError("UnitMask.fit got no data")
+        site = self.site_names[0]
+        with torch.no_grad():
+            trace = Trace(self.model, site, stop=True, capture=self.capture, key=self.key)
+            value = trace.run(batch.call, self.model)[site]
+        names = D.check_dims(None if self.dims is None else tuple(self.dims), value.shape, site=site,
+                             need_unit=True)
+        size = value.shape[D.unit_axis(names, site=site)]
+        self._check_range(size, f"the unit axis of {site!r}")
+        keep = torch.ones(size, dtype=torch.bool)
+        keep[self.units] = False
+        self.masks_ = {site: keep}
+        return self
+
+    @contextlib.contextmanager
+    def masked(self, model: Any = None) -> Iterator[Any]:
+        """Within the block the units are removed (attached for the block if needed);
+        ``model`` (another model with the same site) gets a clone of this mask."""
+        mask = self if model is None or model is self.model else self.clone(model=model)
+        was = mask.attached
+        mask.attach()
+        try:
+            yield mask.model
+        finally:
+            if not was:
+                mask.detach()
