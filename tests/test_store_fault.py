@@ -61,8 +61,10 @@ def _check_plain(path: Path, ends: np.ndarray) -> int:
     return n
 
 
-@pytest.mark.parametrize("trials", [10])
-def test_sigkill_then_plain_read_and_resume(tmp_path, trials):
+@pytest.mark.parametrize("trials, direct", [(10, "1"), (6, "0")], ids=["direct", "zarr-path"])
+def test_sigkill_then_plain_read_and_resume(tmp_path, trials, direct):
+    """``direct="0"``: the same with every array written through zarr's own API (the
+    fallback of ``_zarr_internals``), whose commit protocol must hold as well."""
     path = tmp_path / "fault.zarr"
     ActivationStore(path, mode="w").close()
     ends = worker.batch_ends(N_BATCHES)
@@ -72,7 +74,7 @@ def test_sigkill_then_plain_read_and_resume(tmp_path, trials):
     for trial in range(trials):  # every third run also rewrites a result
         extra = ["results"] if trial % 3 == 1 else []
         interval = "0" if trial % 2 else "0.25"  # commit every batch, or coalesced
-        env = {**os.environ, "FAULT_COMMIT_INTERVAL": interval}
+        env = {**os.environ, "FAULT_COMMIT_INTERVAL": interval, "POLYSDK_ZARR_DIRECT": direct}
         proc = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, text=True, env=env)
         try:
             ready = proc.stdout.readline()
@@ -93,7 +95,8 @@ def test_sigkill_then_plain_read_and_resume(tmp_path, trials):
     assert 0 < seen[-1] < ends[-1], seen
     assert len(set(seen)) >= 4, seen
     assert seen == sorted(seen)  # nothing committed was ever lost
-    out = subprocess.run(cmd + ["results"], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "POLYSDK_ZARR_DIRECT": direct}
+    out = subprocess.run(cmd + ["results"], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and "done" in out.stdout, out.stdout + out.stderr
     assert _check_plain(path, ends) == ends[-1]
     store = ActivationStore(path)

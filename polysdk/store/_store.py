@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import os
-import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
-from importlib import metadata as _md
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +13,8 @@ import numpy as np
 
 from polysdk.errors import ConfigError, StoreError, StoreSchemaError, WriterError, closest_names
 from polysdk.store import _layout as L
+from polysdk.store import _open as O
+from polysdk.store import _results as R
 from polysdk.store._chunks import measure_write_speed
 from polysdk.store._commit import BatchRecord, CommitLog
 from polysdk.store._schema import Schema
@@ -27,15 +25,6 @@ if TYPE_CHECKING:
 
 _MODES = ("w", "w-", "a", "r")
 _IN_MEMORY_COORD_BYTES = 256 * 2**20
-_VERSIONED = ("polysdk", "torch", "zarr", "xarray", "numpy")
-
-
-@functools.lru_cache(maxsize=None)
-def _version(pkg: str) -> str | None:
-    try:
-        return _md.version(pkg)
-    except _md.PackageNotFoundError:
-        return None
 
 
 class ActivationStore:
@@ -119,15 +108,15 @@ class ActivationStore:
         self._writer: Writer | None = None
         self._closed = False
         self._schema = Schema()  # fixed by the first batch
-        self._log: CommitLog  # the committed state; set by _create or _load
+        self._log: CommitLog  # the committed state (rows, attrs, ledger), set just below
         if mode == "a" and not (self.path / L.ROOT_META).exists() and not (
             self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
         ):
             mode = "w-"  # append to a store that does not exist yet: create it
         if mode in ("w", "w-"):
-            self._create(codec, attrs)
+            self._log = O.create(self.path, self.mode, attrs, self.chunk_samples, codec)
         else:
-            self._load(attrs)
+            self._log, self._schema = O.load(self.path, self.mode, attrs, self.chunk_samples)
         if mode != "r":
             sites = list(self._schema.sites)
             self._writer = Writer(
@@ -153,98 +142,6 @@ class ActivationStore:
     def _disk_speed(self) -> float:
         """MB/s this store's filesystem writes (``codec="auto"`` weighs it against zstd)."""
         return measure_write_speed(self.path)
-
-    def _create(self, codec: Any, attrs: Mapping[str, Any] | None) -> None:
-        p = self.path
-        if p.exists():
-            if self.mode == "w-":
-                raise StoreError(
-                    f"store {str(p)!r} already exists (mode='w-'); use mode='a' to append "
-                    "or 'w' to replace it"
-                )
-            if p.is_dir() and (p / L.ROOT_META).exists():
-                shutil.rmtree(p)
-            elif not p.is_dir() or any(p.iterdir()):
-                raise StoreError(
-                    f"{str(p)!r} exists and is not a Zarr store; refusing to overwrite it. "
-                    "Choose another path"
-                )
-        p.mkdir(parents=True, exist_ok=True)
-        doc: dict[str, Any] = dict(attrs or {})
-        doc["polysdk"] = {
-            "format": 1,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-            "chunk_samples": self.chunk_samples,
-            "codec": L.codec_label(codec),
-            "model": doc.get("model"),
-            "versions": {k: _version(k) for k in _VERSIONED},
-            "bfloat16": "stored as float32; that activation has attr source_dtype='bfloat16'",
-        }
-        self._log = CommitLog(p, doc)
-        self._log.commit(0, [])
-
-    def _load(self, attrs: Mapping[str, Any] | None) -> None:
-        p = self.path
-        if not (p / L.ROOT_META).exists():
-            raise StoreError(
-                f"no activation store at {str(p)!r} (mode={self.mode!r}); create one with "
-                "mode='w'"
-            )
-        rec = L.read_commit_record(p)
-        if rec is None:
-            root_attrs = L.read_json(p / L.ROOT_META).get("attributes", {})
-            if "polysdk" not in root_attrs:
-                raise StoreError(
-                    f"{str(p)!r} is a Zarr group but not an activation store (no commit "
-                    "record); open it with zarr or xarray instead"
-                )
-            rec = (root_attrs, {})  # creation was interrupted: empty store
-        doc, meta = dict(rec[0]), rec[1]
-        if attrs:
-            doc.update(attrs)
-        self._schema = Schema.from_metadata(meta)
-        self._check_chunk_samples(doc)
-        self._log = CommitLog(p, doc, int(doc.get("n_samples", 0)), list(self._schema.sites))
-        if self.mode == "a":
-            self._repair()
-
-    def _repair(self) -> None:
-        """Drop everything not in the commit record (an interrupted run's tail)."""
-        import zarr
-
-        p, n = self.path, self._log.n
-        shutil.rmtree(p / L.STAGING, ignore_errors=True)
-        keep = {*self._schema.sites, L.RESULTS}
-        for child in p.iterdir():
-            if child.is_dir() and child.name not in keep and (child / L.ROOT_META).exists():
-                shutil.rmtree(child)  # a site group whose first batch never committed
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for site in self._schema.sites:
-                g = zarr.open_group(store=str(p / site), mode="r+", use_consolidated=False)
-                for _, arr in g.arrays():
-                    if arr.shape[0] != n:
-                        arr.resize((n, *arr.shape[1:]))
-        self._log.commit(n, list(self._schema.sites))
-
-    def _check_chunk_samples(self, doc: dict[str, Any]) -> None:
-        """Reopening with another ``chunk_samples`` than the sites were written with is
-        an error (their chunks are fixed); on a store without sites yet it is the value
-        the first batch will use."""
-        if self.chunk_samples is None:
-            return
-        stored = {s: int(info["chunk"]) for s, info in self._schema.sites.items()}
-        other = {s: c for s, c in stored.items() if c != self.chunk_samples}
-        if other:
-            site, chunk = next(iter(other.items()))
-            raise ConfigError(
-                f"store {str(self.path)!r} was written with chunk_samples={chunk} (site "
-                f"{site!r}), but chunk_samples={self.chunk_samples} was given; a store's chunks "
-                f"are fixed: reopen with chunk_samples={chunk} or None, or write a new store "
-                "(mode='w')"
-            )
-        if not stored and self.mode != "r":
-            doc.setdefault("polysdk", {})["chunk_samples"] = self.chunk_samples
 
     # ------------------------------------------------------------------ writing
     def _check_writable(self) -> Writer:
@@ -469,8 +366,7 @@ class ActivationStore:
     # ------------------------------------------------------------------ results
     def list_results(self) -> list[str]:
         """Names of the committed results (``write_result``), sorted."""
-        rec = L.read_commit_record(self.path)
-        return L.result_names(rec[1]) if rec else []
+        return R.list_results(self.path)
 
     def write_result(
         self, name: str, ds: xr.Dataset, attrs: Mapping[str, Any] | None = None
@@ -480,64 +376,14 @@ class ActivationStore:
         Replacing an existing result: a kill during the swap may leave neither the old
         nor the new one, but never a mix.
         """
-        import xarray as xr
-
         L.check_name(name, "result")
         if self._writer is None:
             raise StoreError(
                 f"store {str(self.path)!r} was opened read-only (mode='r'); open it with "
                 "mode='a' to write results"
             )
-        existing = self.list_results()
-        clash = [r for r in existing if r.startswith(name + "/") or name.startswith(r + "/")]
-        if clash:
-            raise StoreError(
-                f"result name {name!r} nests with existing result {clash[0]!r}; choose a "
-                "name that is not a prefix of another"
-            )
-        if isinstance(ds, xr.DataArray):
-            ds = ds.to_dataset(name=ds.name or "value")
-        out = ds.copy()
-        for v in out.variables.values():
-            v.encoding = {}
-        out.attrs.update(attrs or {})
-        out.attrs["polysdk_result"] = name
-        stage = self.path / L.STAGING / uuid.uuid4().hex
-        stage.parent.mkdir(exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out.to_zarr(stage, mode="w", consolidated=False, zarr_format=3)
-        target = self.path / L.RESULTS / name
-        with self._log.lock:
-            parts = name.split("/")
-            for i in range(len(parts)):  # the groups above the result
-                parent = self.path.joinpath(L.RESULTS, *parts[:i])
-                parent.mkdir(exist_ok=True)
-                if not (parent / L.ROOT_META).exists():
-                    group = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
-                    L.atomic_write_json(parent / L.ROOT_META, group)
-            old = None
-            if target.exists():
-                self._log.recommit(exclude=(name,))
-                old = self.path / L.STAGING / (uuid.uuid4().hex + ".old")
-                os.rename(target, old)
-            os.rename(stage, target)
-            self._log.recommit()
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        R.write_result(self._log, name, ds, attrs)
 
     def read_result(self, name: str) -> xr.Dataset:
         """Load the result ``name`` (into memory) as an ``xr.Dataset``."""
-        import xarray as xr
-
-        names = self.list_results()
-        if name not in names:
-            raise StoreError(
-                f"no result {name!r} in {str(self.path)!r}; closest: "
-                f"{closest_names(name, names) or names}"
-            )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated.*")
-            ds = xr.open_zarr(self.path, group=f"{L.RESULTS}/{name}", consolidated=True).load()
-        ds.attrs.pop("polysdk_result", None)
-        return ds
+        return R.read_result(self.path, name)

@@ -83,16 +83,17 @@ def _stop_all_at_exit() -> None:
 def _hook_exit() -> None:
     """Flush unclosed stores at interpreter exit, while zarr can still write.
 
-    Why ``threading._register_atexit`` (private) and not ``atexit``: zarr's
-    ``LocalStore`` does every file operation through ``asyncio.to_thread``, i.e. a
-    ``concurrent.futures`` thread pool, and ``concurrent.futures`` refuses new work
-    from its own ``threading._register_atexit`` hook on, which runs before any
-    ``atexit`` handler. A store flushed from ``atexit`` could write its numeric
-    chunks (the writer's own files) but not a string coordinate or anything on zarr's
-    own write path. Hooks registered this way run in reverse order of registration,
-    so registering after zarr (and so asyncio) is imported puts ours first. Where the
-    private function is missing, ``atexit`` is the fallback (tested: numeric stores
-    still commit). tests/test_store.py covers both.
+    Why ``threading._register_atexit`` (private) and not ``atexit``: zarr runs its
+    file I/O and its codecs (``LocalStore``, ``ZstdCodec``...) through
+    ``asyncio.to_thread``, i.e. a ``concurrent.futures`` thread pool, and
+    ``concurrent.futures`` refuses new work ("cannot schedule new futures after
+    interpreter shutdown") from its own ``threading._register_atexit`` hook on, which
+    runs before any ``atexit`` handler. From ``atexit`` a store could not even create
+    its first site. Hooks registered this way run in reverse order of registration,
+    so registering after zarr (and so asyncio) is imported puts ours first.
+    tests/test_store_writer.py checks both: an unclosed store commits at exit, and
+    the same flush from ``atexit`` fails. Where the private function is missing,
+    ``atexit`` is the best effort left.
     """
     global _HOOKED
     if not _HOOKED:

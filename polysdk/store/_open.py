@@ -1,0 +1,125 @@
+"""Opening a store: create one, or load its commit record (and repair it for appending)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import shutil
+import warnings
+from collections.abc import Mapping
+from importlib import metadata as _md
+from pathlib import Path
+from typing import Any
+
+from polysdk.errors import ConfigError, StoreError
+from polysdk.store import _layout as L
+from polysdk.store._commit import CommitLog
+from polysdk.store._schema import Schema
+
+_VERSIONED = ("polysdk", "torch", "zarr", "xarray", "numpy")
+
+
+@functools.lru_cache(maxsize=None)
+def _version(pkg: str) -> str | None:
+    try:
+        return _md.version(pkg)
+    except _md.PackageNotFoundError:
+        return None
+
+
+def create(p: Path, mode: str, attrs: Mapping[str, Any] | None, chunk_samples: int | None,
+           codec: Any) -> CommitLog:
+    """Create an empty store at ``p`` (``mode`` "w" replaces a store, "w-" refuses)."""
+    if p.exists():
+        if mode == "w-":
+            raise StoreError(
+                f"store {str(p)!r} already exists (mode='w-'); use mode='a' to append "
+                "or 'w' to replace it"
+            )
+        if p.is_dir() and (p / L.ROOT_META).exists():
+            shutil.rmtree(p)
+        elif not p.is_dir() or any(p.iterdir()):
+            raise StoreError(
+                f"{str(p)!r} exists and is not a Zarr store; refusing to overwrite it. "
+                "Choose another path"
+            )
+    p.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = dict(attrs or {})
+    doc["polysdk"] = {
+        "format": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "chunk_samples": chunk_samples,
+        "codec": L.codec_label(codec),
+        "model": doc.get("model"),
+        "versions": {k: _version(k) for k in _VERSIONED},
+        "bfloat16": "stored as float32; that activation has attr source_dtype='bfloat16'",
+    }
+    log = CommitLog(p, doc)
+    log.commit(0, [])
+    return log
+
+
+def load(p: Path, mode: str, attrs: Mapping[str, Any] | None,
+         chunk_samples: int | None) -> tuple[CommitLog, Schema]:
+    """The committed state of the store at ``p``; with ``mode="a"`` also repaired."""
+    if not (p / L.ROOT_META).exists():
+        raise StoreError(
+            f"no activation store at {str(p)!r} (mode={mode!r}); create one with "
+            "mode='w'"
+        )
+    rec = L.read_commit_record(p)
+    if rec is None:
+        root_attrs = L.read_json(p / L.ROOT_META).get("attributes", {})
+        if "polysdk" not in root_attrs:
+            raise StoreError(
+                f"{str(p)!r} is a Zarr group but not an activation store (no commit "
+                "record); open it with zarr or xarray instead"
+            )
+        rec = (root_attrs, {})  # creation was interrupted: empty store
+    doc, meta = dict(rec[0]), rec[1]
+    if attrs:
+        doc.update(attrs)
+    schema = Schema.from_metadata(meta)
+    _check_chunk_samples(p, schema, chunk_samples)
+    if chunk_samples is not None and not schema.sites and mode != "r":
+        # no site fixed yet: the first batch will use this value
+        doc["polysdk"] = {**doc.get("polysdk", {}), "chunk_samples": chunk_samples}
+    log = CommitLog(p, doc, int(doc.get("n_samples", 0)), list(schema.sites))
+    if mode == "a":
+        _repair(log, schema)
+    return log, schema
+
+
+def _check_chunk_samples(p: Path, schema: Schema, chunk_samples: int | None) -> None:
+    """Reopening with another ``chunk_samples`` than the sites were written with is an
+    error: their chunks are fixed."""
+    if chunk_samples is None:
+        return
+    for site, info in schema.sites.items():
+        if int(info["chunk"]) != chunk_samples:
+            raise ConfigError(
+                f"store {str(p)!r} was written with chunk_samples={info['chunk']} (site "
+                f"{site!r}), but chunk_samples={chunk_samples} was given; a store's chunks "
+                f"are fixed: reopen with chunk_samples={info['chunk']} or None, or write a "
+                "new store (mode='w')"
+            )
+
+
+def _repair(log: CommitLog, schema: Schema) -> None:
+    """Drop everything not in the commit record (an interrupted run's tail)."""
+    import zarr
+
+    p, n = log.root, log.n
+    shutil.rmtree(p / L.STAGING, ignore_errors=True)
+    keep = {*schema.sites, L.RESULTS}
+    for child in p.iterdir():
+        if child.is_dir() and child.name not in keep and (child / L.ROOT_META).exists():
+            shutil.rmtree(child)  # a site group whose first batch never committed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for site in schema.sites:
+            g = zarr.open_group(store=str(p / site), mode="r+", use_consolidated=False)
+            for _, arr in g.arrays():
+                if arr.shape[0] != n:
+                    arr.resize((n, *arr.shape[1:]))
+    log.commit(n, list(schema.sites))
