@@ -21,6 +21,7 @@ from polysdk.compose import Compose
 from polysdk.probe import Probe
 from polysdk.sites import HookedComponent, Hooks, list_sites, resolve_sites
 from polysdk.store import ActivationStore
+from polysdk.atlas import Atlas  # noqa: E402  (the detector agreement atlas)
 from polysdk.trace import Trace
 
 try:
@@ -30,6 +31,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "ActivationStore",
+    "Atlas",
     "Compose",
     "HookedComponent",
     "Hooks",
