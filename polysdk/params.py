@@ -24,6 +24,13 @@ place, raising :class:`~polysdk.errors.ConfigError`::
 Demo(k=5)
 >>> Demo().clone(name="y").get_params()
 {'k': 3, 'name': 'y'}
+>>> d = Demo()
+>>> try:
+...     d.set_params(k=0)
+... except ConfigError:
+...     pass
+>>> d.k                              # a refused value leaves the object as it was
+3
 """
 
 from __future__ import annotations
@@ -163,8 +170,9 @@ class Params:
         sig = inspect.signature(cls.__init__)
         return {n: p.default for n, p in sig.parameters.items() if n != "self"}
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor's arguments as stored on the object."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments as stored on the object (``deep`` is accepted
+        for scikit-learn compatibility; components hold no nested estimators)."""
         out = {}
         for name in self._param_names():
             if not hasattr(self, name):
@@ -183,9 +191,16 @@ class Params:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"{type(self).__name__} has no parameter {key!r}{hint} "
                                   f"Parameters: {', '.join(names)}")
+        before = {key: getattr(self, key) for key in params if hasattr(self, key)}
         for key, value in params.items():
             setattr(self, key, value)
-        self._validate_params()
+        try:
+            self._validate_params()
+        except ConfigError:
+            for key in params:  # a refused value leaves the object as it was
+                if key in before:
+                    setattr(self, key, before[key])
+            raise
         return self
 
     def clone(self, **overrides: Any) -> Self:
