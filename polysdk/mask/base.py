@@ -53,6 +53,13 @@ class Masker(Params):
         if "masks_" not in self.__dict__:
             raise NotFittedError(f"{type(self).__name__} has no masks_ yet: {self._fit_hint()}")
 
+    def __getattr__(self, name: str) -> Any:
+        # only reached for missing attributes (and when density_ finds no masks_):
+        # the unfitted ones say how to fit, a typo is a plain AttributeError
+        if name in ("masks_", "density_"):
+            raise NotFittedError(f"{type(self).__name__} has no masks_ yet: {self._fit_hint()}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def density_(self) -> float:
         """The kept share of every masked element (``masks_`` all together)."""
