@@ -356,16 +356,14 @@ def breakdown(model_kind: str, n_batches: int, rounds: int, workdir: str) -> Non
     ``append`` with a writer thread that drops every batch; ``probe_no_files``: the
     writer's whole bookkeeping (chunk assembly, metadata, commits) with every chunk file
     write skipped; ``polysdk_nocomp``: all of (b), codec none. The parts are switched
-    off by patching the writer's internals: a measurement, not an API.
+    off with the writer's measurement seam, ``polysdk.store.testing.writer_work``.
     """
     import statistics
-    from contextlib import ExitStack
-    from unittest import mock
 
     import torch
 
     from polysdk import ActivationStore, Probe
-    from polysdk.store import _writer
+    from polysdk.store.testing import writer_work
 
     torch.set_num_threads(int(os.environ.get("CAPTURE_THREADS") or max(1, os.cpu_count() or 1)))
     model, sites, batch = build(model_kind)
@@ -383,12 +381,10 @@ def breakdown(model_kind: str, n_batches: int, rounds: int, workdir: str) -> Non
             for h in handles:
                 h.remove()
 
-    def probe(*patches: tuple[object, str, object]) -> Callable[[], None]:
+    def probe(batches: bool = True, files: bool = True) -> Callable[[], None]:
         def run() -> None:
             path = Path(workdir) / "breakdown.zarr"
-            with ExitStack() as stack:
-                for target, name, value in patches:
-                    stack.enter_context(mock.patch.object(target, name, value))
+            with writer_work(batches=batches, files=files):
                 with ActivationStore(path, mode="w", codec="none") as store:
                     Probe(model, sites, store=store).run(
                         (batch(i) for i in range(n_batches)), progress=False)
@@ -397,8 +393,8 @@ def breakdown(model_kind: str, n_batches: int, rounds: int, workdir: str) -> Non
     variants = {
         "bare": bare,
         "hooks": hooks,
-        "probe_ignored": probe((_writer.Writer, "_handle", lambda self, b: None)),
-        "probe_no_files": probe((_writer.ChunkFileWriter, "write_parts", lambda self, p, parts: None)),
+        "probe_ignored": probe(batches=False),
+        "probe_no_files": probe(files=False),
         "polysdk_nocomp": probe(),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}

@@ -11,10 +11,13 @@ public API:
 * that a ``bytes`` (+ ``zstd``) codec chain stores a chunk as its little-endian bytes
   (zstd-compressed by numcodecs' ``Zstd`` with the codec's level and checksum).
 
-So it is used only with the zarr versions in ``TESTED`` (where tests/test_store.py
-checks the files hold the bytes zarr itself writes), and only once a self-check at
-first use -- the imports, the metadata calls and one encoded chunk compared with
-zarr's own -- has passed. Otherwise, or with ``POLYSDK_ZARR_DIRECT=0``, every array
+So it is used only with the zarr versions in ``TESTED``, and only once a self-check
+at first use -- the imports, the metadata calls and one encoded chunk compared with
+zarr's own -- has passed. Tested: zarr 3.1.6 (the project's Python 3.11 venv, whole
+test suite: tests/test_store.py compares the files with zarr's own bytes,
+tests/test_store_writer.py with the fallback's) and zarr 3.2.1 and 3.3.0 (Python
+3.12, which they require: both paths, every file identical, data read back with
+zarr). Otherwise, or with ``POLYSDK_ZARR_DIRECT=0``, every array
 is created, grown and written through zarr's public API (``open_group``,
 ``create_array``, ``resize``, ``array[start:stop] = data``): the same data, slower.
 ``direct_path()`` says which path is taken and why.
@@ -35,7 +38,7 @@ from polysdk.store._chunks import ChunkFileWriter, split_into_chunks
 from polysdk.store._layout import ROOT_META, ArraySpec, CodecChoice, atomic_write_bytes
 
 #: zarr versions the direct path is tested with: ``TESTED[0] <= version < TESTED[1]``
-TESTED: tuple[tuple[int, ...], tuple[int, ...]] = ((3, 1, 3), (3, 2))
+TESTED: tuple[tuple[int, ...], tuple[int, ...]] = ((3, 1, 3), (3, 4))
 ENV = "POLYSDK_ZARR_DIRECT"
 #: the encoder of a ``bytes``-only chain: the chunk's own little-endian bytes, no copy
 RAW = object()
