@@ -121,7 +121,7 @@ def test_tl_penalty_on_hook_points(tl_model, tl_tokens) -> None:
     with PolysemanticityPenalty(tl_model, "blocks.*.mlp.hook_post") as reg:
         assert reg.site_names == sites
         tl_model(tl_tokens)
-        loss = reg.loss(labels)
+        loss = reg.loss(labels=labels)
     cache = {}
     handles = [raw_hook(tl_model.hook_dict[s], lambda o, s=s: cache.setdefault(s, o)) for s in sites]
     try:
@@ -170,6 +170,6 @@ def test_nnsight_patch_and_penalty(wrapped) -> None:
     y = torch.tensor([0, 1])
     with PolysemanticityPenalty(model, "1") as reg:
         model(clean)
-        loss = reg.loss(y)
+        loss = reg.loss(labels=y)
     assert loss.item() == pytest.approx(polysemanticity_penalty_naive(net[1](net[0](clean)), y).item(), rel=1e-6)
     assert n_hooks(net) == 0
