@@ -7,6 +7,7 @@
     polysdk list toy-models --batch LR1 --quick    # every value such a run would use
     polysdk report runs/demo                       # re-make a run's report from its store
     polysdk index runs                             # runs/index.html lists the runs
+    polysdk atlas acts.zarr --site fc1 --out out   # every detector on a site: out/atlas.html
 
 ``run`` resumes a killed run in the same ``--out`` (``--fresh`` starts over) and prints
 the report's path at the end. ``--set KEY=VALUE`` takes any field of the study's config
@@ -77,7 +78,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     idx = sub.add_parser("index", help="write <folder>/index.html listing the runs under it")
     idx.add_argument("folder", help="folder holding run folders, e.g. runs")
+
+    atl = sub.add_parser("atlas", help="fit every applicable detector on a store's site(s) and "
+                         "write the agreement atlas page (with neuron pages)")
+    atl.add_argument("store", help="an activation store (a .zarr folder)")
+    atl.add_argument("--site", dest="sites", action="append", default=None, metavar="SITE",
+                     help="a site of the store (repeatable; default: every site)")
+    atl.add_argument("--out", default=None, help="folder of the page (default: "
+                     "<store>-atlas beside the store)")
+    atl.add_argument("--detectors", default=None, metavar="A,B",
+                     help="comma-separated detector names (default: every applicable one)")
+    atl.add_argument("--pages", type=int, default=10,
+                     help="neuron pages per site for the most disputed units (default 10)")
+    atl.add_argument("--truth", default=None, metavar="RESULT",
+                     help="stored result with the planted truth (default: truth/<site> if any)")
+    atl.add_argument("--save", action="store_true",
+                     help="also store each site's table in the store as result atlas/<site>")
     return parser
+
+
+def _cmd_atlas(args: argparse.Namespace) -> Path:
+    from polysdk.atlas import Atlas
+    from polysdk.store import ActivationStore
+
+    path = Path(args.store)
+    if not (path / "zarr.json").exists():
+        raise ConfigError(f"no activation store at {str(path)!r}; pass the .zarr folder "
+                          "a Probe or ActivationStore wrote.")
+    if args.pages < 0:
+        raise ConfigError(f"--pages {args.pages} must be >= 0.")
+    names = [d.strip() for d in args.detectors.split(",") if d.strip()] if args.detectors \
+        else None
+    if args.detectors is not None and not names:
+        raise ConfigError(f"--detectors {args.detectors!r} names no detector; e.g. "
+                          "--detectors class_selectivity,hdbscan.")
+    store = ActivationStore(path, mode="a" if args.save else "r")
+    try:
+        atlas = Atlas(store, sites=args.sites, detectors=names, truth=args.truth).fit()
+        if args.save:
+            atlas.save(store)
+        out = Path(args.out) if args.out else path.parent / f"{path.name.removesuffix('.zarr')}-atlas"
+        return atlas.to_html(out / "atlas.html", pages=args.pages)
+    finally:
+        if args.save:
+            store.close()
 
 
 def _build_study(args: argparse.Namespace, study_name: str, **kwargs: Any) -> Any:
@@ -165,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from polysdk.reporting import write_index
 
             print(f"index: {write_index(args.folder)}")
+        elif args.command == "atlas":
+            print(f"atlas: {_cmd_atlas(args)}")
     except PolysdkError as err:
         print(f"polysdk: error: {err}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@
 A page shows the unit's top-activating examples (texts with a token heat map when the
 site holds tokens: ``token_str``/``token`` strings, or ``token_id``/``input_ids``
 decoded with ``tokenizer``; images as a montage when the caller or the store
-(an ``image`` coordinate) gives them; plain rows of coordinate values otherwise), its
+(an ``image`` variable of the site's group, or of a Dataset source) gives them; plain rows of coordinate values otherwise), its
 activation histogram by label, its score and verdict under every detector of
 ``atlas``, and the interventions' effects the caller measured. Images are embedded
 as base64; the page needs no server and no network.
@@ -38,6 +38,25 @@ def neuron_page_path(site: str, unit: int) -> str:
     """The page's path relative to the atlas page: ``neurons/<site>/unit-<u>.html``."""
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in site)
     return f"neurons/{safe}/unit-{int(unit)}.html"
+
+
+def _site_images(source: Any, site: str) -> Any:
+    """The ``image`` variable of the site's Dataset (a store's site group, or a Dataset
+    passed as the source), indexed by sample position; None when there is none."""
+    ds = None
+    if isinstance(source, xr.Dataset):
+        ds = source
+    elif hasattr(source, "open") and hasattr(source, "sites"):
+        try:
+            ds = source.open(site)
+        except Exception:  # not a store we can open per site
+            return None
+    if ds is None:
+        return None
+    for name in IMAGE_COORDS:
+        if name in ds.variables and ds[name].dims[:1] == ("sample",):
+            return ds[name]
+    return None
 
 
 def _site_array(source: Any, site: str | None, atlas: Any) -> tuple[str, xr.DataArray]:
@@ -178,7 +197,7 @@ def _histogram(values: np.ndarray, labels: np.ndarray | None, level: str, unit: 
     if labels is None:
         ax.hist(v, bins=edges, color="#444444", histtype="stepfilled", alpha=0.8)
     else:
-        lab = np.asarray(labels).astype(str)[np.isfinite(values)]
+        lab = np.array([str(x) for x in np.asarray(labels).tolist()])[np.isfinite(values)]
         names, counts = np.unique(lab, return_counts=True)
         order = names[np.argsort(-counts, kind="stable")]
         keep = list(order[:MAX_LABELS - 1]) if order.size > MAX_LABELS else list(order)
@@ -231,13 +250,12 @@ def _interventions(effects: Any) -> list[dict[str, Any]]:
     return [{c: r.get(c, "") for c in cols} for r in rows]
 
 
-def _image_of(images: Any, acts: xr.DataArray, i: int) -> Any:
+def _image_of(images: Any, i: int) -> Any:
     if callable(images):
         return images(i)
-    if images is not None:
-        return images[i]
-    name = _first(acts.coords, IMAGE_COORDS)
-    return np.asarray(acts.coords[name].isel(sample=i).values)
+    if isinstance(images, xr.DataArray):
+        return np.asarray(images.isel(sample=i).values)
+    return images[i]
 
 
 def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any = None,
@@ -270,7 +288,8 @@ def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any =
         parts.append(f"<p>{esc(note)}</p>")
 
     parts.append(f"<h2>Top-activating examples (top {len(order)} of {value.size})</h2>")
-    has_images = images is not None or _first(acts.coords, IMAGE_COORDS) is not None
+    if images is None:
+        images = _site_images(source, site)
     if info["kind"] in ("flat", "padded"):
         tv = info["token_value"]
         vmax = float(np.nanmax(tv)) if tv.size else 1.0
@@ -285,8 +304,8 @@ def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any =
             toks = toks if toks is not None else [f"[{k}]" for k in range(sel.size)]
             parts.append(f"<p>text {esc(str(ids[i]))}{esc(tag)}: max {value[i]:.3g}</p>"
                          + token_heatmap_html(toks, tv[sel], vmax=vmax, vmin=vmin))
-    elif has_images:
-        pics = [_image_of(images, acts, int(i)) for i in order]
+    elif images is not None:
+        pics = [_image_of(images, int(i)) for i in order]
         lab = _labels(acts, labels, info)
         caps = [f"#{ids[i]} {value[i]:.3g}" + (f" {lab[0][i]}" if lab else "") for i in order]
         parts.append(montage_html(pics, caps))
