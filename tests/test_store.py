@@ -1,4 +1,9 @@
-"""Unit tests of polysdk.store.ActivationStore (layer 2)."""
+"""Unit tests of polysdk.store.ActivationStore (layer 2).
+
+Over 400 lines: one test per behaviour of the public store API, kept together. The
+writer's jobs are tested in test_store_writer.py, properties in test_store_property.py,
+crashes in test_store_fault.py.
+"""
 
 from __future__ import annotations
 
