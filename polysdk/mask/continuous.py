@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -71,7 +72,7 @@ def _positive_pair(value: Any) -> bool:
 
 
 def _int_sequence(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and all(isinstance(v, int) and v >= 0 for v in value)
+    return isinstance(value, (list, tuple)) and all(isinstance(v, numbers.Integral) and v >= 0 for v in value)
 
 
 _BOOL = TypeOf(bool)
