@@ -1,0 +1,287 @@
+"""The penalty study's report: headline against seed 001, firing heat maps, n-cut vs Z.
+
+    from polysdk.studies.penalty_report import make_report
+    make_report(study, "runs/penalty")        # runs/penalty/report.html (+ figures/*.png)
+
+Figures follow the seed: per hidden layer, the class x neuron firing frequency on the
+test set (its Fig. 1 and 2; neurons sorted by preferred class, then by rate), one row
+per group (first trial); n-cut against Z for every trial with its left p-value written
+beside the point (its Fig. 3); both accuracies per trial; the null distributions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polysdk.reporting import Finding, ReportPage, colors_for, heatmap, new_figure
+
+__all__ = ["make_report", "SEED", "group_table", "headline_findings"]
+
+#: seed 001's MNIST numbers (methods.md; p from its clusterability_results_k12.csv)
+SEED = {
+    "alpha_0": {"elementwise": 0.996, "n_cut": 10.06, "z": -3.4, "p_lt_05": "4/5"},
+    "alpha_+1": {"elementwise": 0.993, "n_cut": 9.63, "z": -9.7, "p_lt_05": "5/5"},
+    "alpha_-1": {"elementwise": 0.82, "n_cut": 10.18, "z": 6.2, "p_lt_05": "0/5"},
+}
+SEED_FASHION = {"alpha_0": (9.88, -6.9), "alpha_+1": (9.58, 1.1), "alpha_-1": (10.21, 0.6)}
+
+
+def _seed_key(alpha: float) -> str:
+    return "alpha_0" if alpha == 0 else f"alpha_{alpha:+g}"
+
+
+def _order(summary: Any) -> list[str]:
+    groups = list(dict.fromkeys(str(g) for g in summary["group"].values))
+    return sorted(groups, key=lambda g: (g != "alpha_0", "hard" in g, g))
+
+
+def group_table(summary: Any) -> list[dict[str, Any]]:
+    """Per group: means over trials, beside the seed's MNIST numbers."""
+    rows = []
+    for g in _order(summary):
+        sel = summary["group"].values == g
+        alpha = float(summary["alpha"].values[sel][0])
+        seed = SEED.get(_seed_key(alpha), {})
+        p = summary["left_p_value"].values[sel]
+        rows.append({
+            "group": g, "trials": int(sel.sum()),
+            "top-1": float(summary["top1_accuracy"].values[sel].mean()),
+            "element-wise": float(summary["elementwise_accuracy"].values[sel].mean()),
+            "seed element-wise": seed.get("elementwise", ""),
+            "n-cut": float(summary["n_cut"].values[sel].mean()),
+            "seed n-cut": seed.get("n_cut", ""),
+            "Z": float(summary["z_score"].values[sel].mean()),
+            "seed Z": seed.get("z", ""),
+            "p<0.05": f"{int((p < 0.05).sum())}/{int(sel.sum())}",
+            "seed p<0.05": seed.get("p_lt_05", ""),
+            "polysemantic": float(summary["frac_polysemantic"].values[sel].mean()),
+            "all classes": float(summary["frac_all_classes"].values[sel].mean()),
+            "other-class rate": float(summary["other_class_rate"].values[sel].mean()),
+            "dead": float(summary["frac_dead"].values[sel].mean()),
+        })
+    return rows
+
+
+def _means(summary: Any, group: str) -> dict[str, float] | None:
+    sel = summary["group"].values == group
+    if not sel.any():
+        return None
+    return {k: float(summary[k].values[sel].mean()) for k in
+            ("top1_accuracy", "elementwise_accuracy", "n_cut", "z_score", "other_class_rate",
+             "frac_all_classes", "frac_polysemantic")}
+
+
+def headline_findings(summary: Any) -> list[Finding]:
+    """The seed's claims, each tested where the run has the groups."""
+    rows: list[Finding] = []
+    base = _means(summary, "alpha_0")
+    modes = [m for m in ("soft", "hard") if _means(summary, f"{m}_alpha_+1") is not None]
+    if base is None:
+        return [Finding("every claim", run="no alpha = 0 control in this run",
+                        seed="compared against alpha = 0")]
+    for m in modes:
+        pen = _means(summary, f"{m}_alpha_+1")
+        assert pen is not None
+        rows.append(Finding(
+            f"alpha = 1 ({m}): neurons fire less for their other classes",
+            run=f"mean non-preferred-class firing rate {pen['other_class_rate']:.3f} vs "
+                f"{base['other_class_rate']:.3f} (control)",
+            seed="fired less frequently for other classes (Fig. 1)",
+            verdict="agrees" if pen["other_class_rate"] < base["other_class_rate"]
+            else "differs"))
+        cost = base["top1_accuracy"] - pen["top1_accuracy"]
+        rows.append(Finding(
+            f"alpha = 1 ({m}): small accuracy cost",
+            run=f"top-1 {pen['top1_accuracy']:.4f} vs {base['top1_accuracy']:.4f} "
+                f"({-cost:+.4f}); element-wise {pen['elementwise_accuracy']:.4f} vs "
+                f"{base['elementwise_accuracy']:.4f}",
+            seed="~0.1% less accurate (element-wise 0.993 vs 0.996)",
+            verdict="agrees" if cost <= 0.01 else "differs"))
+        rows.append(Finding(
+            f"alpha = 1 ({m}): lower n-cut (absolutely more clusterable)",
+            run=f"mean n-cut {pen['n_cut']:.3f} vs {base['n_cut']:.3f}; Z {pen['z_score']:.2f}"
+                f" vs {base['z_score']:.2f}",
+            seed="n-cut 9.63 vs 10.06 (MNIST), 9.58 vs 9.88 (Fashion); Z -9.7 vs -3.4 "
+                 "(MNIST only)",
+            verdict="agrees" if pen["n_cut"] < base["n_cut"] else "differs"))
+        rows.append(Finding(
+            f"alpha = 1 ({m}): lower Z (relatively more clusterable; MNIST only in the seed)",
+            run=f"mean Z {pen['z_score']:.2f} vs {base['z_score']:.2f}",
+            seed="Z -9.7 vs -3.4 on MNIST; +1.1 vs -6.9 on Fashion-MNIST (not relatively)",
+            verdict="agrees" if pen["z_score"] < base["z_score"] else "differs"))
+    for m in [m for m in ("soft", "hard") if _means(summary, f"{m}_alpha_-1") is not None]:
+        enc = _means(summary, f"{m}_alpha_-1")
+        assert enc is not None
+        rows.append(Finding(
+            f"alpha = -1 ({m}): all neurons fire for all classes",
+            run=f"{enc['frac_all_classes']:.1%} of hidden neurons fire for all 10 classes vs "
+                f"{base['frac_all_classes']:.1%} (control)",
+            seed="all hidden neurons fired for all inputs",
+            verdict="agrees" if enc["frac_all_classes"] > max(0.9, base["frac_all_classes"])
+            else "differs"))
+        rows.append(Finding(
+            f"alpha = -1 ({m}): the accuracy it costs",
+            run=f"top-1 {enc['top1_accuracy']:.4f} (chance 0.1); element-wise "
+                f"{enc['elementwise_accuracy']:.4f} (0.82 = one class always predicted)",
+            seed="~17% less accurate: element-wise 0.82, i.e. a collapsed network",
+            verdict="agrees" if enc["top1_accuracy"] < 0.2 else "differs"))
+        rows.append(Finding(
+            f"alpha = -1 ({m}): higher n-cut than the control",
+            run=f"mean n-cut {enc['n_cut']:.3f} vs {base['n_cut']:.3f}; Z {enc['z_score']:.2f}",
+            seed="n-cut 10.18 vs 10.06, Z +6.2 (MNIST)",
+            verdict="agrees" if enc["n_cut"] > base["n_cut"] else "differs"))
+    if len(modes) == 2:
+        eff = {}
+        for m in modes:
+            pen = _means(summary, f"{m}_alpha_+1")
+            assert pen is not None
+            removed = base["other_class_rate"] - pen["other_class_rate"]
+            lost = base["top1_accuracy"] - pen["top1_accuracy"]
+            eff[m] = (removed, lost)
+        text = "; ".join(f"{m}: other-class rate -{r:.3f} for top-1 {-lo:+.4f}"
+                         for m, (r, lo) in eff.items())
+        best = max(eff, key=lambda m: eff[m][0] / max(eff[m][1], 1e-3))
+        rows.append(Finding("soft vs hard: class-sharing removed per unit of top-1 lost",
+                            run=f"{text}; more per unit lost: {best}",
+                            seed="proposed: hard should target the definition better",
+                            verdict="agrees" if best == "hard" else "differs"))
+    return rows
+
+
+def _sorted_rates(rate: np.ndarray) -> np.ndarray:
+    """Neurons (columns) by preferred class, then by their rate on it (descending)."""
+    rate = rate[:, ~np.isnan(rate).all(0)]
+    pref = rate.argmax(0)
+    order = np.lexsort((-rate.max(0), pref))
+    return rate[:, order]
+
+
+def plot_firing(results: dict[str, Any], groups: list[str]) -> Any:
+    """Class x neuron firing frequency per layer (rows: groups, first trial)."""
+    first = {g: next(ds for n, ds in results.items() if f"/{g}/" in n) for g in groups}
+    layers = list(next(iter(first.values()))["layer"].values)
+    fig, axes = new_figure(len(groups), len(layers), width=13, height=1.9 * len(groups) + 0.6)
+    for i, g in enumerate(groups):
+        ds = first[g]
+        for j, layer in enumerate(layers):
+            mat = _sorted_rates(ds["firing_rate"].sel(layer=layer).values)
+            heatmap(axes[i, j], mat, label="firing freq.", vmin=0, vmax=1,
+                    title=f"{g}, {layer}", xlabel="neuron (by class)" if i == len(groups) - 1
+                    else "", ylabel="class" if j == 0 else "", cmap="viridis")
+    return fig
+
+
+def plot_ncut_z(summary: Any) -> Any:
+    """n-cut against Z, every trial, its left p-value beside the point (seed Fig. 3)."""
+    fig, axes = new_figure(1, 1, width=8, height=5.5)
+    ax = axes[0, 0]
+    groups = _order(summary)
+    for g, color in zip(groups, colors_for(groups, "tab10") if len(groups) > 1 else ["C0"]):
+        sel = summary["group"].values == g
+        x, y = summary["n_cut"].values[sel], summary["z_score"].values[sel]
+        ax.scatter(x, y, s=70, color=color, label=g, alpha=0.85)
+        for xi, yi, p in zip(x, y, summary["left_p_value"].values[sel]):
+            ax.annotate(f"{p:.3f}", (xi, yi), xytext=(4, 3), textcoords="offset points",
+                        fontsize=9)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.grid(alpha=0.3)
+    ax.set(xlabel="n-cut", ylabel="Z score", title="clusterability (p = left p-value)")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=9)
+    return fig
+
+
+def plot_accuracy(summary: Any) -> Any:
+    """Top-1 and element-wise accuracy per trial, by group."""
+    fig, axes = new_figure(1, 2, width=11, height=4)
+    groups = _order(summary)
+    for ax, var, title in zip(axes[0], ("top1_accuracy", "elementwise_accuracy"),
+                              ("top-1 accuracy", "element-wise accuracy (the seed's)")):
+        for i, g in enumerate(groups):
+            v = summary[var].values[summary["group"].values == g]
+            ax.scatter(np.full(v.shape, i) + np.linspace(-0.1, 0.1, len(v)), v, s=30)
+        ax.set_xticks(range(len(groups)), groups, rotation=20)
+        ax.set(title=title, ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0, 1].axhline(0.82, color="grey", ls="--", lw=0.8)
+    axes[0, 0].axhline(0.1, color="grey", ls="--", lw=0.8)
+    return fig
+
+
+def plot_null(results: dict[str, Any], summary: Any) -> Any:
+    """Each trial's shuffled n-cuts (dots) and its own n-cut (cross)."""
+    fig, axes = new_figure(1, 1, width=11, height=4)
+    ax = axes[0, 0]
+    names = list(summary["run"].values)
+    for i, n in enumerate(names):
+        ds = results[n]
+        ax.scatter(np.full(ds.sizes["shuffle"], i), ds["shuffled_n_cut"].values, s=6,
+                   color="grey", alpha=0.6)
+        ax.scatter([i], [float(ds["n_cut"])], marker="x", s=60, color="C3")
+    ax.set_xticks(range(len(names)), [n.replace("penalty/", "") for n in names], rotation=70,
+                  fontsize=9)
+    ax.set(ylabel="n-cut", title="null (shuffled layers, grey) and the trained network (x)")
+    return fig
+
+
+def make_report(study: Any, out: str | Path) -> Path:
+    """Figures and ``report.html`` for a finished penalty run in ``out``."""
+    from polysdk.store import ActivationStore
+
+    paths = study.paths(out)
+    store = ActivationStore(paths["store"], mode="r")
+    units = study.stored_units(store)
+    results = {u.name: store.read_result(u.name) for u in units}
+    summary = store.read_result("penalty/summary")
+    cfg = study.config
+    groups = _order(summary)
+    any_ds = next(iter(results.values()))
+    intro = (
+        f"{len(units)} trained MLPs ({cfg.dataset}, {int(any_ds.attrs['epochs'])} epochs, "
+        f"hidden {cfg.hidden}, Adam {cfg.learning_rate:g}, batch {cfg.batch_size}"
+        f"{', quick scale' if study.quick else ''}); groups {', '.join(groups)}. Top-1 "
+        "accuracy and the seed's element-wise accuracy (binary accuracy over the 10 softmax "
+        "outputs: a network that always predicts one class scores 0.82) are on the test set. "
+        "A neuron fires when its activation is > 0; polysemantic = fires for >= 2 classes "
+        "(ClassSelectivity); other-class rate = a neuron's mean firing frequency on its 9 "
+        f"non-preferred classes. Clusterability: k = {cfg.n_clusters}, {cfg.n_shuffles} "
+        "within-layer shuffles, input pixels as nodes. Seed numbers are MNIST "
+        f"(methods.md){'; this run is digits, 8x8 inputs, so its n-cuts are not on the same scale (a 1098-node graph, 1818 on MNIST)' if cfg.dataset == 'digits' else ''}.")
+    page = ReportPage(f"Polysemanticity penalty ({cfg.dataset}, {'/'.join(cfg.modes)})", intro)
+    page.findings(headline_findings(summary))
+    page.table(group_table(summary), "Headline table: means over trials, beside seed 001 "
+               "(MNIST)", left=["group"])
+    page.figure(plot_firing(results, groups),
+                "Firing frequency on the test set, class x neuron per hidden layer (first "
+                "trial of each group; neurons sorted by preferred class) - the seed's Fig. 1/2",
+                save_as=paths["figures"] / "firing.png")
+    page.figure(plot_ncut_z(summary), "n-cut against Z score, every trial; the number is its "
+                "left p-value - the seed's Fig. 3", save_as=paths["figures"] / "ncut_z.png")
+    page.figure(plot_accuracy(summary), "Top-1 and element-wise accuracy per trial (dashed: "
+                "chance top-1 0.1; element-wise 0.82 of a one-class network)",
+                save_as=paths["figures"] / "accuracy.png")
+    page.figure(plot_null(results, summary), "Null distributions of n-cut per trial",
+                save_as=paths["figures"] / "null.png")
+    table = []
+    for i, run in enumerate(summary["run"].values):
+        row: dict[str, Any] = {"run": str(run).replace("penalty/", "")}
+        for v in ("top1_accuracy", "elementwise_accuracy", "n_cut", "z_score", "left_p_value",
+                  "frac_polysemantic", "frac_all_classes", "other_class_rate", "frac_dead",
+                  "train_seconds", "cluster_seconds"):
+            row[v] = summary[v].values[i].item()
+        table.append(row)
+    page.table(table, "Per-trial numbers", left=["run"])
+    per_layer = []
+    for name, ds in results.items():
+        for layer in ds["layer"].values:
+            per_layer.append({"run": name.replace("penalty/", ""), "layer": str(layer),
+                              "polysemantic": int(ds["n_polysemantic"].sel(layer=layer)),
+                              "fraction": float(ds["frac_polysemantic"].sel(layer=layer)),
+                              "all classes": float(ds["frac_all_classes"].sel(layer=layer)),
+                              "dead": float(ds["frac_dead"].sel(layer=layer))})
+    page.table(per_layer, "Polysemantic neurons per layer (ClassSelectivity)",
+               left=["run", "layer"])
+    page.config(study.record())
+    return page.write(paths["report"])
