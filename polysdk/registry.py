@@ -72,12 +72,23 @@ class Registry(Generic[T]):
         self._check = check
 
     # ------------------------------------------------------------------ adding
-    def register(self, name: str, obj: T | None = None) -> Any:
-        """Add ``obj`` under ``name``; without ``obj``, a decorator that does it."""
+    def register(self, name: str, obj: T | None = None, *, overwrite: bool = False) -> Any:
+        """Add ``obj`` under ``name``; without ``obj``, a decorator that does it.
+
+        A name already registered for another object raises :class:`ConfigError`
+        unless ``overwrite`` (registering the same object again is a no-op).
+        """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a {self.kind} name must be a non-empty string, got {name!r}.")
 
         def add(o: T) -> T:
+            taken = self._registered.get(name)
+            if taken is not None and taken is not o and not overwrite and (
+                getattr(taken, "__qualname__", None), getattr(taken, "__module__", None)
+            ) != (getattr(o, "__qualname__", None), getattr(o, "__module__", None)):
+                raise ConfigError(
+                    f"the {self.kind} name {name!r} is taken by {taken!r}; choose another "
+                    "name or pass overwrite=True")
             if self._check is not None:
                 self._check(name, o)
             self._registered[name] = o

@@ -105,3 +105,16 @@ def test_a_study_in_python(tmp_path) -> None:
         assert (a["t/a"]["x"].values != a["t/b"]["x"].values).any()   # own seed per unit
     finally:
         STUDIES.unregister("tiny-in-python")
+
+
+def test_a_taken_name_raises_unless_overwrite():
+    from polysdk.errors import ConfigError
+    from polysdk.registry import Registry
+
+    reg = Registry("thing", group=None)
+    reg.register("a", int)
+    reg.register("a", int)  # the same object again: fine
+    with pytest.raises(ConfigError, match="taken by"):
+        reg.register("a", str)
+    reg.register("a", str, overwrite=True)
+    assert reg.get("a") is str

@@ -69,7 +69,7 @@ def _add(name: str | None, cls: Any, overwrite: bool) -> Any:
             raise ConfigError(f"detector name {name!r} is already registered to "
                               f"{old.__module__}.{old.__qualname__}; choose another name or "
                               "pass overwrite=True.")
-    return DETECTORS.register(name, cls)
+    return DETECTORS.register(name, cls, overwrite=True)  # checked above, built-ins included
 
 
 def register(name: str | type | None = None, cls: type | None = None, *,
