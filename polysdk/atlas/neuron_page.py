@@ -258,6 +258,42 @@ def _image_of(images: Any, i: int) -> Any:
     return images[i]
 
 
+def _figure_html(fig: Any, alt: str, caption: str = "") -> str:
+    import base64
+
+    from polysdk.reporting.figures import css_width, png_bytes
+
+    src = "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode("ascii")
+    width = css_width(fig)
+    fig.clear()
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="{src}" width="{width}" alt="{html.escape(alt)}">{cap}</figure>'
+
+
+def _montage(pics: Sequence[Any], caps: Sequence[str], unit: int, per_row: int = 6) -> str:
+    """The reporting toolkit's montage figure (``reporting.montage``) when present, in
+    rows of ``per_row`` by rank; else the HTML grid of ``reporting.examples``."""
+    from polysdk.reporting.examples import as_image, montage_html
+
+    try:
+        from polysdk.reporting.montage import montage_figure
+    except ImportError:  # an older toolkit
+        return montage_html(pics, caps)
+    arr = []
+    for p in pics:
+        a = as_image(p)
+        arr.append(a[..., :3] if a.ndim == 3 else a)
+    groups, captions = {}, {}
+    for start in range(0, len(arr), per_row):
+        stop = min(len(arr), start + per_row)
+        name = f"ranks {start + 1}-{stop}"
+        groups[name] = np.stack(arr[start:stop])
+        captions[name] = list(caps[start:stop])
+    fig = montage_figure(groups, captions, per_row=per_row,
+                         title=f"unit {unit}: top-activating images (caption: sample, activation, label)")
+    return '<div class="montage">' + _figure_html(fig, "top-activating images") + "</div>"
+
+
 def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any = None,
                 tokenizer: Any = None, images: Sequence[Any] | Callable[[int], Any] | None = None,
                 labels: Any = None, interventions: Mapping[str, Any] | None = None,
@@ -268,9 +304,8 @@ def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any =
     ``i -> image``; ``interventions``: {name: value or {metric: value}} measured by the
     caller; ``atlas_href``: a link back to the atlas page.
     """
-    from polysdk.reporting.examples import (EXAMPLES_STYLE, colour_scale_html, montage_html,
-                                            rows_table_html, token_heatmap_html)
-    from polysdk.reporting.figures import css_width, png_bytes
+    from polysdk.reporting.examples import (EXAMPLES_STYLE, colour_scale_html, rows_table_html,
+                                            token_heatmap_html)
     from polysdk.reporting.page import STYLE
 
     site, acts = _site_array(source, site, atlas)
@@ -308,7 +343,7 @@ def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any =
         pics = [_image_of(images, int(i)) for i in order]
         lab = _labels(acts, labels, info)
         caps = [f"#{ids[i]} {value[i]:.3g}" + (f" {lab[0][i]}" if lab else "") for i in order]
-        parts.append(montage_html(pics, caps))
+        parts.append(_montage(pics, caps, int(unit)))
     else:
         coords = [c for c, v in acts.coords.items() if v.dims == ("sample",) and c != "sample"][:6]
         table = []
@@ -322,14 +357,9 @@ def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any =
     lab = _labels(acts, labels, info)
     level_values = info["token_value"] if lab is not None and lab[1] == "token" else value
     fig = _histogram(level_values, lab[0] if lab else None, lab[1] if lab else "input", unit)
-    import base64
-
-    src = "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode("ascii")
-    parts.append("<h2>Activation histogram by label</h2>"
-                 f'<figure><img src="{src}" width="{css_width(fig)}" alt="histogram">'
-                 "<figcaption>Counts of the unit's activation"
-                 + (" per label" if lab else " (no labels on this site)") + "</figcaption></figure>")
-    fig.clear()
+    parts.append("<h2>Activation histogram by label</h2>" + _figure_html(
+        fig, "histogram", "Counts of the unit's activation"
+        + (" per label" if lab else " (no labels on this site)")))
     effects = _interventions(interventions)
     parts.append("<h2>Interventions</h2>")
     parts.append(rows_table_html(effects, left=("intervention",)) if effects else
