@@ -28,37 +28,9 @@ from polysdk.sites import HookedComponent
 
 __all__ = ["Component", "param_repr"]
 
-_EMPTY = object()
-
-
-def _short(value: Any) -> str:
-    """A one-line repr: models, optimizers, tensors and arrays by type (and shape)."""
-    if hasattr(value, "named_modules") or hasattr(value, "param_groups"):
-        return type(value).__name__
-    shape = getattr(value, "shape", None)
-    if shape is not None and not isinstance(value, (int, float, str)):
-        return f"{type(value).__name__}{tuple(shape)}"
-    text = repr(value)
-    return text if len(text) <= 80 and "\n" not in text else f"<{type(value).__name__}>"
-
-
 def param_repr(obj: Params) -> str:
-    """``Name(k=v, ...)`` of the parameters that differ from their defaults."""
-    defaults = obj._param_defaults()
-    try:
-        params = obj.get_params()
-    except AttributeError:
-        return f"{type(obj).__name__}(...)"
-    shown = []
-    for name, value in params.items():
-        default = defaults.get(name, _EMPTY)
-        try:
-            same = default is not _EMPTY and type(value) is type(default) and bool(value == default)
-        except Exception:  # tensors, arrays: always shown
-            same = False
-        if not same:
-            shown.append(f"{name}={_short(value)}")
-    return f"{type(obj).__name__}({', '.join(shown)})"
+    """``Name(k=v, ...)`` of the parameters that differ from their defaults (one line)."""
+    return Params.__repr__(obj)
 
 
 class Component(Params, HookedComponent):
@@ -99,5 +71,3 @@ class Component(Params, HookedComponent):
         self.__init__(**merged)  # type: ignore[misc]
         return self
 
-    def __repr__(self) -> str:
-        return param_repr(self)

@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Self
 
 from polysdk.errors import ConfigError, closest_names
 
-__all__ = ["Interval", "Options", "Params", "Satisfies", "TypeOf"]
+__all__ = ["Interval", "Options", "Params", "Satisfies", "TypeOf", "short_repr"]
 
 _EMPTY = inspect.Parameter.empty
 
@@ -223,19 +223,31 @@ class Params:
                     f"got {value!r}")
 
     def __repr__(self) -> str:
+        """``Name(k=v, ...)`` of the parameters that differ from their defaults, one line
+        (models, optimizers, tensors and arrays by type and shape)."""
         defaults = self._param_defaults()
         try:
             params = self.get_params()
         except AttributeError:
             return f"{type(self).__name__}(...)"
         shown = []
-        for k, v in params.items():
-            default = defaults.get(k, _EMPTY)
+        for name, value in params.items():
+            default = defaults.get(name, _EMPTY)
             try:
-                same = default is not _EMPTY and bool(v == default)
-            except Exception:  # arrays, tensors: always shown
+                same = default is not _EMPTY and type(value) is type(default) and bool(value == default)
+            except Exception:  # tensors, arrays: always shown
                 same = False
             if not same:
-                text = repr(v) if not hasattr(v, "named_modules") else type(v).__name__
-                shown.append(f"{k}={text}")
+                shown.append(f"{name}={short_repr(value)}")
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def short_repr(value: Any) -> str:
+    """A one-line repr: models, optimizers, tensors and arrays by type (and shape)."""
+    if hasattr(value, "named_modules") or hasattr(value, "param_groups"):
+        return type(value).__name__
+    shape = getattr(value, "shape", None)
+    if shape is not None and not isinstance(value, (int, float, str)):
+        return f"{type(value).__name__}{tuple(shape)}"
+    text = repr(value)
+    return text if len(text) <= 80 and "\n" not in text else f"<{type(value).__name__}>"
