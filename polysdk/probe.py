@@ -42,7 +42,9 @@ import xarray as xr
 from polysdk import dims as D
 from polysdk.batches import batch_size, default_coords, default_forward, fingerprint, model_inputs
 from polysdk.errors import ConfigError, ResumeMismatchError, SiteError
-from polysdk.sites import HookedComponent, SiteSpec
+from polysdk.component import Component
+from polysdk.params import Options
+from polysdk.sites import SiteSpec
 
 __all__ = ["Probe"]
 
@@ -50,6 +52,7 @@ Reduce = str | int | tuple[int, ...] | Sequence[int]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MASK_KEY = "attention_mask"
 _TOKEN_KEY = "input_ids"
+_CONSTRAINTS = {"dtype": Options(*_DTYPES)}
 
 
 class _Forward:
@@ -63,7 +66,7 @@ class _Forward:
         self.fingerprint = fingerprint
 
 
-class Probe(HookedComponent):
+class Probe(Component):
     """Record activations at one or more sites of any ``nn.Module``.
 
     Parameters
@@ -113,14 +116,14 @@ class Probe(HookedComponent):
         key: int | str | None = None,
     ) -> None:
         super().__init__(model, sites, capture=capture, key=key)  # type: ignore[arg-type]
-        if dtype not in _DTYPES:
-            raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        self.selection = D.Selection.parse(reduce, name="reduce")
         self.store = store
         self.reduce = reduce
         self.dtype = dtype
-        self.dims = {k: tuple(v) for k, v in (dims or {}).items()}
-        unknown = set(self.dims) - set(self.site_names)
+        self.dims = dims
+        self._validate_params()
+        self.selection = D.Selection.parse(reduce, name="reduce")
+        self._site_dims = {k: tuple(v) for k, v in (dims or {}).items()}
+        unknown = set(self._site_dims) - set(self.site_names)
         if unknown:
             raise ConfigError(f"dims= names sites that are not probed: {sorted(unknown)}")
         self._captured: dict[str, list[tuple[torch.Tensor, tuple[str, ...], dict]]] = {
@@ -198,7 +201,7 @@ class Probe(HookedComponent):
             self._forward = None
 
     def hook(self, site: str, tensor: torch.Tensor) -> None:
-        names = D.check_dims(self.dims.get(site), tensor.shape, site=site)
+        names = D.check_dims(self._site_dims.get(site), tensor.shape, site=site)
         fwd = self._forward
         mask = fwd.mask if fwd is not None else None
         if mask is not None and D.POSITION in names and tensor.shape[names.index(D.POSITION)] != mask.shape[-1]:
@@ -375,6 +378,8 @@ class Probe(HookedComponent):
                 f"committed there (input fingerprint {fp} != {committed}). To add "
                 "this data after what is stored, pass resume=False; to resume the "
                 "interrupted run, pass the same data in the same order and batch size")
+
+    _constraints = _CONSTRAINTS
 
     def __repr__(self) -> str:
         store = "memory" if self.store is None else type(self.store).__name__

@@ -232,3 +232,18 @@ def test_cuda_reduces_on_device_and_copies_to_pinned_host():
     taken = probe.take()["0"]
     assert taken.device.type == "cpu" and taken.is_pinned()
     torch.testing.assert_close(taken, net(x).mean((2, 3)).cpu())
+
+
+def test_probe_has_the_parameter_api_of_every_component():
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    probe = Probe(net, "1", reduce="mean", dtype="float16")
+    assert probe.get_params()["reduce"] == "mean"
+    other = probe.clone(dtype="float32")
+    assert other.dtype == "float32" and other.site_names == ["1"] and other.reduce == "mean"
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        probe.set_params(dtype="int8")
+    assert probe.dtype == "float16"
+    with probe, probe.inactive():   # hooks stay, nothing is recorded
+        net(torch.ones(2, 3))
+    with pytest.raises(SiteError, match="nothing was captured"):
+        probe.take()
