@@ -21,7 +21,7 @@ from polysdk.errors import ConfigError, DetectorInputError, NotFittedError, Site
 from polysdk.reporting.figures import check_figure
 from polysdk.store import ActivationStore
 
-FAST = {"dictionary_features": {"epochs": 8}}
+FAST = {"dictionary_features": {"epochs": 5}}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from polysdk.errors import ConfigError
 from polysdk.reporting.examples import montage_html
 from polysdk.store import ActivationStore
 
-FAST = {"dictionary_features": {"epochs": 8}}
+FAST = {"dictionary_features": {"epochs": 5}}
 
 
 def assert_self_contained(text: str) -> None:

@@ -89,6 +89,7 @@ def matrix_figure(ds: xr.Dataset) -> Any:
     axes[1, 0].set_yticks(np.arange(len(names)), names)
     for ax in axes[:, 0]:
         _unit_ticks(ax, order)
+    fig.get_layout_engine().set(h_pad=0.12)   # the lower title clear of the upper ticks
     return fig
 
 
@@ -205,7 +206,7 @@ def _site_section(page: _Page, ds: xr.Dataset, links: Mapping[int, str]) -> None
         body = []
         for u, href in links.items():
             row = ds.isel(unit=u)
-            cells = [_a(href, f"unit {u}"), _f(float(row["disagreement"]))]
+            cells = [_a(href, f"unit\u00a0{u}"), _f(float(row["disagreement"]))]
             for d in names:
                 flag = bool(row["polysemantic"].sel(detector=d))
                 cells.append(("<b>flagged</b>" if flag else "&middot;") + "<br>"
