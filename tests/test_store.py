@@ -288,8 +288,8 @@ def test_attrs_json_and_persisted_edits(path):
     assert a["lr"] == 0.5 and a["sizes"] == [0, 1] and a["note"] == "edited"
     with pytest.raises(StoreError, match="JSON"):
         ActivationStore(path.parent / "b.zarr", mode="w", attrs={"f": object()})
-    with pytest.raises(StoreError, match="local paths"):
-        ActivationStore("s3://bucket/x.zarr", mode="w")
+    with pytest.raises(ConfigError, match="storage_options"):  # URLs: test_store_s3.py
+        ActivationStore(path.parent / "c.zarr", mode="w", storage_options={"anon": True})
 
 
 def test_unclosed_store_commits_at_exit(path):

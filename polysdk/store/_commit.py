@@ -66,6 +66,7 @@ class CommitLog:
         self.batches: list[BatchRecord] = read_ledger(attrs.get(LEDGER))
         self.lock = threading.RLock()
         self._pending: list[BatchRecord] = []  # appended, not yet committed
+        self.hidden: set[str] = set()  # results being written in place: left out of records
 
     def add(self, record: BatchRecord) -> None:
         """Note an appended batch; it enters the ledger once its rows are committed."""
@@ -84,7 +85,7 @@ class CommitLog:
             self.sites = list(sites)
             self.attrs["n_samples"] = int(n)
             self.attrs[LEDGER] = write_ledger(self.batches)
-            L.write_commit_record(self.root, self.attrs, sites, n, exclude)
+            L.write_commit_record(self.root, self.attrs, sites, n, (*exclude, *sorted(self.hidden)))
 
     def recommit(self, exclude: tuple[str, ...] = ()) -> None:
         """Rewrite the record with the same rows (results or attrs changed)."""

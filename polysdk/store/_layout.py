@@ -290,7 +290,12 @@ def write_commit_record(
     Every array of a site group gets ``shape[0] = n_samples`` whatever its own
     ``zarr.json`` says (it may already be larger: chunks beyond are not committed).
     Groups under ``results/`` are listed except ``exclude_results`` (and their insides).
+    A remote root (``_remote.RemotePath``) is written by ``_remote.write_commit_record``.
     """
+    if not isinstance(root, Path):
+        from polysdk.store import _remote
+
+        return _remote.write_commit_record(root, dict(attrs), sites, n_samples, exclude_results)
     metadata: dict[str, Any] = {}
     for site in sites:
         for path, meta in _node_entries(root, site):
@@ -312,6 +317,10 @@ def write_commit_record(
 
 def read_commit_record(root: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Return (root attrs, consolidated metadata by path), or None if never committed."""
+    if not isinstance(root, Path):
+        from polysdk.store import _remote
+
+        return _remote.read_commit_record(root)
     doc = read_json(root / ROOT_META)
     cons = doc.get("consolidated_metadata")
     if not isinstance(cons, dict):

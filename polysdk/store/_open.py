@@ -13,7 +13,9 @@ from typing import Any
 
 from polysdk.errors import ConfigError, StoreError
 from polysdk.store import _layout as L
+from polysdk.store import _remote as REMOTE
 from polysdk.store._commit import CommitLog
+from polysdk.store._remote import RemotePath
 from polysdk.store._schema import Schema
 
 _VERSIONED = ("polysdk", "torch", "zarr", "xarray", "numpy")
@@ -30,7 +32,9 @@ def _version(pkg: str) -> str | None:
 def create(p: Path, mode: str, attrs: Mapping[str, Any] | None, chunk_samples: int | None,
            codec: Any) -> CommitLog:
     """Create an empty store at ``p`` (``mode`` "w" replaces a store, "w-" refuses)."""
-    if p.exists():
+    if isinstance(p, RemotePath):
+        _clear_remote(p, mode)
+    elif p.exists():
         if mode == "w-":
             raise StoreError(
                 f"store {str(p)!r} already exists (mode='w-'); use mode='a' to append "
@@ -43,7 +47,8 @@ def create(p: Path, mode: str, attrs: Mapping[str, Any] | None, chunk_samples: i
                 f"{str(p)!r} exists and is not a Zarr store; refusing to overwrite it. "
                 "Choose another path"
             )
-    p.mkdir(parents=True, exist_ok=True)
+    if not isinstance(p, RemotePath):
+        p.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = dict(attrs or {})
     doc["polysdk"] = {
         "format": 1,
@@ -55,13 +60,36 @@ def create(p: Path, mode: str, attrs: Mapping[str, Any] | None, chunk_samples: i
         "bfloat16": "stored as float32; that activation has attr source_dtype='bfloat16'",
     }
     log = CommitLog(p, doc)
-    log.commit(0, [])
+    try:
+        log.commit(0, [])
+    except FileNotFoundError as err:  # e.g. S3: the bucket does not exist
+        if not isinstance(p, RemotePath):
+            raise
+        raise StoreError(f"cannot create the store {str(p)!r}: {err}; does the bucket "
+                         "exist?") from err
     return log
+
+
+def _clear_remote(p: RemotePath, mode: str) -> None:
+    """``create``'s checks on object storage: replace a store, never other objects."""
+    if (p / L.ROOT_META).exists():
+        if mode == "w-":
+            raise StoreError(
+                f"store {str(p)!r} already exists (mode='w-'); use mode='a' to append "
+                "or 'w' to replace it"
+            )
+        p.remove()
+    elif p.has_objects():
+        raise StoreError(
+            f"{str(p)!r} holds objects but is not a Zarr store; refusing to overwrite "
+            "it. Choose another URL"
+        )
 
 
 def load(p: Path, mode: str, attrs: Mapping[str, Any] | None,
          chunk_samples: int | None) -> tuple[CommitLog, Schema]:
     """The committed state of the store at ``p``; with ``mode="a"`` also repaired."""
+    remote = isinstance(p, RemotePath)
     if not (p / L.ROOT_META).exists():
         raise StoreError(
             f"no activation store at {str(p)!r} (mode={mode!r}); create one with "
@@ -69,7 +97,8 @@ def load(p: Path, mode: str, attrs: Mapping[str, Any] | None,
         )
     rec = L.read_commit_record(p)
     if rec is None:
-        root_attrs = L.read_json(p / L.ROOT_META).get("attributes", {})
+        root_doc = (p / L.ROOT_META).read_json() if remote else L.read_json(p / L.ROOT_META)
+        root_attrs = (root_doc or {}).get("attributes", {})
         if "polysdk" not in root_attrs:
             raise StoreError(
                 f"{str(p)!r} is a Zarr group but not an activation store (no commit "
@@ -85,8 +114,10 @@ def load(p: Path, mode: str, attrs: Mapping[str, Any] | None,
         # no site fixed yet: the first batch will use this value
         doc["polysdk"] = {**doc.get("polysdk", {}), "chunk_samples": chunk_samples}
     log = CommitLog(p, doc, int(doc.get("n_samples", 0)), list(schema.sites))
+    if remote:
+        p.root.token = rec[0].get(REMOTE.TOKEN)
     if mode == "a":
-        _repair(log, schema)
+        _repair_remote(log, schema, meta) if remote else _repair(log, schema)
     return log, schema
 
 
@@ -123,3 +154,33 @@ def _repair(log: CommitLog, schema: Schema) -> None:
                 if arr.shape[0] != n:
                     arr.resize((n, *arr.shape[1:]))
     log.commit(n, list(schema.sites))
+
+
+def _repair_remote(log: CommitLog, schema: Schema, meta: Mapping[str, Any] | None = None) -> None:
+    """``_repair`` on object storage: also drops result groups the record does not list
+    (results are written in place there, not renamed in)."""
+    import zarr
+
+    p, n = log.root, log.n
+    assert isinstance(p, RemotePath)
+    committed = set(L.read_commit_record(p)[1]) if meta is None else set(meta)
+    for child in p.children():
+        if child not in {*schema.sites, L.RESULTS} and (p / child / L.ROOT_META).exists():
+            (p / child).remove()  # a site group whose first batch never committed
+    _drop_uncommitted(p / L.RESULTS, committed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for site in schema.sites:
+            g = zarr.open_group(store=p.root.zarr_store(site), mode="r+", use_consolidated=False)
+            for _, arr in g.arrays():
+                if arr.shape[0] != n:
+                    arr.resize((n, *arr.shape[1:]))  # deletes the chunks past n
+    log.commit(n, list(schema.sites))
+
+
+def _drop_uncommitted(node: RemotePath, committed: set[str]) -> None:
+    if node.rel not in committed:
+        node.remove()
+        return
+    for child in node.children():
+        _drop_uncommitted(node / child, committed)

@@ -17,6 +17,7 @@ from typing import Any
 from polysdk.errors import StoreError, closest_names
 from polysdk.store import _layout as L
 from polysdk.store._commit import CommitLog
+from polysdk.store._remote import RemotePath
 
 
 def list_results(root: Path) -> list[str]:
@@ -44,6 +45,9 @@ def write_result(log: CommitLog, name: str, ds: Any, attrs: Mapping[str, Any] | 
         v.encoding = {}
     out.attrs.update(attrs or {})
     out.attrs["polysdk_result"] = name
+    if isinstance(root, RemotePath):
+        _write_remote(log, name, out)
+        return
     stage = root / L.STAGING / uuid.uuid4().hex
     stage.parent.mkdir(exist_ok=True)
     with warnings.catch_warnings():
@@ -69,6 +73,35 @@ def write_result(log: CommitLog, name: str, ds: Any, attrs: Mapping[str, Any] | 
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_remote(log: CommitLog, name: str, out: Any) -> None:
+    """On object storage (no rename): written in place while the commit record leaves it
+    out, then committed. A replaced result leaves the record first, so a kill during
+    the write leaves the old one or none (``mode="a"`` deletes the leftovers)."""
+    root = log.root
+    assert isinstance(root, RemotePath)
+    with log.lock:
+        if name in list_results(root):
+            log.recommit(exclude=(name,))
+        log.hidden.add(name)
+    try:
+        parts = name.split("/")
+        group = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
+        for i in range(len(parts)):  # the groups above the result
+            meta = root.joinpath(L.RESULTS, *parts[:i]) / L.ROOT_META
+            if meta.read_json() is None:
+                meta.write_json(group)
+        target = root.joinpath(L.RESULTS, *parts)
+        target.remove()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.to_zarr(root.root.zarr_store(target.rel), mode="w", consolidated=False,
+                        zarr_format=3)
+    finally:
+        with log.lock:
+            log.hidden.discard(name)
+    log.recommit()
+
+
 def read_result(root: Path, name: str) -> Any:
     """The result ``name`` loaded into memory (an ``xr.Dataset``)."""
     import xarray as xr
@@ -81,6 +114,11 @@ def read_result(root: Path, name: str) -> Any:
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated.*")
-        ds = xr.open_zarr(root, group=f"{L.RESULTS}/{name}", consolidated=True).load()
+        ds = xr.open_zarr(_zarr_location(root), group=f"{L.RESULTS}/{name}", consolidated=True).load()
     ds.attrs.pop("polysdk_result", None)
     return ds
+
+
+def _zarr_location(root: Path | RemotePath) -> Any:
+    """What xarray opens: the local folder, or an ``FsspecStore`` on a remote store."""
+    return root.root.zarr_store(read_only=True) if isinstance(root, RemotePath) else root

@@ -36,6 +36,7 @@ import numpy as np
 
 from polysdk.store._chunks import ChunkFileWriter, split_into_chunks
 from polysdk.store._layout import ROOT_META, ArraySpec, CodecChoice, atomic_write_bytes
+from polysdk.store._remote import RemotePath
 
 #: zarr versions the direct path is tested with: ``TESTED[0] <= version < TESTED[1]``
 TESTED: tuple[tuple[int, ...], tuple[int, ...]] = ((3, 1, 3), (3, 4))
@@ -143,6 +144,14 @@ def create_site(site_dir: Path, specs: dict[str, ArraySpec], first: dict[str, np
     import zarr
     from zarr.storage import MemoryStore
 
+    if isinstance(site_dir, RemotePath):  # object storage: zarr's own path, always
+        site_dir.remove()
+        site_dir.root.site_meta.pop(site_dir.rel, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g = zarr.open_group(store=site_dir.root.zarr_store(site_dir.rel), mode="w")
+            _create_arrays(g, specs, first)
+        return open_site(site_dir, files)
     shutil.rmtree(site_dir, ignore_errors=True)
     if not direct_path()[0]:
         with warnings.catch_warnings():
@@ -168,17 +177,26 @@ def open_site(site_dir: Path, files: ChunkFileWriter) -> dict[str, ZarrArray]:
     """The arrays of an existing site group, as the writer keeps them."""
     import zarr
 
-    direct = direct_path()[0]
+    remote = isinstance(site_dir, RemotePath)
+    direct = direct_path()[0] and not remote
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        g = zarr.open_group(store=str(site_dir), mode="r+", use_consolidated=False)
+        g = zarr.open_group(store=_location(site_dir), mode="r+", use_consolidated=False)
         if direct:
             return {name: DirectArray(a.metadata, site_dir / name, files) for name, a in g.arrays()}
         return {name: ZarrArray(site_dir / name) for name, _ in g.arrays()}
 
 
+def _location(directory: Path | RemotePath) -> Any:
+    """What zarr opens: a local folder's path, or an ``FsspecStore`` rooted at the node."""
+    if isinstance(directory, RemotePath):
+        return directory.root.zarr_store(directory.rel)
+    return str(directory)
+
+
 class ZarrArray:
-    """One array of a site group, written through zarr's public API (the fallback)."""
+    """One array of a site group, written through zarr's public API (the fallback, and
+    the only path on object storage)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -191,7 +209,7 @@ class ZarrArray:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                arr = zarr.open_array(store=str(self.directory), mode="r+", zarr_format=3)
+                arr = zarr.open_array(store=_location(self.directory), mode="r+", zarr_format=3)
             # every chunk written holds data: skip zarr's per-chunk "all fill value?" scan
             with_config = getattr(arr, "with_config", None)
             self._opened = with_config({"write_empty_chunks": True}) if with_config else arr
