@@ -161,3 +161,17 @@ def test_cli_atlas_bad_input_is_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("polysdk: error: ") and "\n" not in err and message in err
+
+
+def test_add_atlas_is_one_call_for_a_study_report(tmp_path):
+    from polysdk.atlas import add_atlas
+    from polysdk.reporting import ReportPage
+
+    pl = make_planted_classes(n_samples=300, seed=3)
+    page = ReportPage("a study")
+    atlas = add_atlas(page, pl.activations, tmp_path, detectors=["class_selectivity", "hdbscan"],
+                      truth=pl.polysemantic, pages=1)
+    report = page.write(tmp_path / "report.html").read_text()
+    assert 'href="atlas.html"' in report and "Detector agreement atlas" in report
+    assert_self_contained(report)
+    assert atlas.page_ == tmp_path / "atlas.html" and atlas.page_.exists()
