@@ -183,3 +183,12 @@ def test_sigkill_mid_study_resumes_at_the_cut_trial(tmp_path):
 def test_bad_config_is_a_polysdk_error():
     with pytest.raises(PolysdkError):
         PenaltyStudy("soft", trials=0)
+
+
+def test_example_runs_tiny(tmp_path, capsys):
+    import runpy
+
+    mod = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "penalty.py"))
+    mod["main"](str(tmp_path / "ex"), tiny=True)
+    out = capsys.readouterr().out
+    assert "relu4:" in out and "n-cut" in out and "report:" in out

@@ -29,6 +29,28 @@ SEED = {
 SEED_FASHION = {"alpha_0": (9.88, -6.9), "alpha_+1": (9.58, 1.1), "alpha_-1": (10.21, 0.6)}
 
 
+def alive_measures(ds: Any) -> tuple[float, float, float]:
+    """Over the hidden neurons that fire at all: the fraction firing for every class, the
+    fraction firing on >= 99% of the inputs of every class ("for all inputs"), and their
+    mean firing frequency (each a mean over layers)."""
+    alls, always, means = [], [], []
+    for layer in ds["layer"].values:
+        rate = ds["firing_rate"].sel(layer=layer).values      # (class, unit)
+        rate = rate[:, ~np.isnan(rate).all(0)]
+        alive = rate.max(0) > 0
+        alls.append(float((rate[:, alive] > 0).all(0).mean()) if alive.any() else 0.0)
+        always.append(float((rate[:, alive] >= 0.99).all(0).mean()) if alive.any() else 0.0)
+        means.append(float(rate[:, alive].mean()) if alive.any() else 0.0)
+    return float(np.mean(alls)), float(np.mean(always)), float(np.mean(means))
+
+
+def add_alive(summary: Any, results: dict[str, Any]) -> Any:
+    """``summary`` with ``alive_all_classes`` and ``alive_mean_rate`` per run."""
+    vals = np.array([alive_measures(results[str(r)]) for r in summary["run"].values])
+    return summary.assign(alive_all_classes=("run", vals[:, 0]),
+                          alive_always=("run", vals[:, 1]), alive_mean_rate=("run", vals[:, 2]))
+
+
 def _seed_key(alpha: float) -> str:
     return "alpha_0" if alpha == 0 else f"alpha_{alpha:+g}"
 
@@ -59,6 +81,10 @@ def group_table(summary: Any) -> list[dict[str, Any]]:
             "seed p<0.05": seed.get("p_lt_05", ""),
             "polysemantic": float(summary["frac_polysemantic"].values[sel].mean()),
             "all classes": float(summary["frac_all_classes"].values[sel].mean()),
+            "all classes (firing)": float(summary["alive_all_classes"].values[sel].mean())
+            if "alive_all_classes" in summary else "",
+            "always (firing)": float(summary["alive_always"].values[sel].mean())
+            if "alive_always" in summary else "",
             "other-class rate": float(summary["other_class_rate"].values[sel].mean()),
             "dead": float(summary["frac_dead"].values[sel].mean()),
         })
@@ -71,7 +97,8 @@ def _means(summary: Any, group: str) -> dict[str, float] | None:
         return None
     return {k: float(summary[k].values[sel].mean()) for k in
             ("top1_accuracy", "elementwise_accuracy", "n_cut", "z_score", "other_class_rate",
-             "frac_all_classes", "frac_polysemantic")}
+             "frac_all_classes", "frac_polysemantic", "frac_dead", "alive_all_classes",
+             "alive_always", "alive_mean_rate") if k in summary}
 
 
 def headline_findings(summary: Any) -> list[Finding]:
@@ -96,7 +123,7 @@ def headline_findings(summary: Any) -> list[Finding]:
         rows.append(Finding(
             f"alpha = 1 ({m}): small accuracy cost",
             run=f"top-1 {pen['top1_accuracy']:.4f} vs {base['top1_accuracy']:.4f} "
-                f"({-cost:+.4f}); element-wise {pen['elementwise_accuracy']:.4f} vs "
+                f"({-cost:+.4f}{': no cost' if cost <= 0 else ''}); element-wise {pen['elementwise_accuracy']:.4f} vs "
                 f"{base['elementwise_accuracy']:.4f}",
             seed="~0.1% less accurate (element-wise 0.993 vs 0.996)",
             verdict="agrees" if cost <= 0.01 else "differs"))
@@ -117,11 +144,15 @@ def headline_findings(summary: Any) -> list[Finding]:
         assert enc is not None
         rows.append(Finding(
             f"alpha = -1 ({m}): all neurons fire for all classes",
-            run=f"{enc['frac_all_classes']:.1%} of hidden neurons fire for all 10 classes vs "
-                f"{base['frac_all_classes']:.1%} (control)",
+            run=f"{enc['alive_always']:.1%} of the neurons that fire at all fire on >= 99% of "
+                f"every class's inputs (control {base['alive_always']:.1%}); "
+                f"{enc['alive_all_classes']:.1%} fire for all 10 classes at least once "
+                f"(control {base['alive_all_classes']:.1%}); mean frequency "
+                f"{enc['alive_mean_rate']:.2f} (control {base['alive_mean_rate']:.2f}); "
+                f"{enc['frac_dead']:.0%} of neurons never fire (control {base['frac_dead']:.0%})",
             seed="all hidden neurons fired for all inputs",
-            verdict="agrees" if enc["frac_all_classes"] > max(0.9, base["frac_all_classes"])
-            else "differs"))
+            verdict="agrees (the neurons that fire)" if enc["alive_always"] > max(
+                0.9, base["alive_always"]) else "differs"))
         rows.append(Finding(
             f"alpha = -1 ({m}): the accuracy it costs",
             run=f"top-1 {enc['top1_accuracy']:.4f} (chance 0.1); element-wise "
@@ -152,9 +183,9 @@ def headline_findings(summary: Any) -> list[Finding]:
 
 
 def _sorted_rates(rate: np.ndarray) -> np.ndarray:
-    """Neurons (columns) by preferred class, then by their rate on it (descending)."""
+    """Neurons (columns) by preferred class, then by their rate on it (descending); dead last."""
     rate = rate[:, ~np.isnan(rate).all(0)]
-    pref = rate.argmax(0)
+    pref = np.where(rate.max(0) > 0, rate.argmax(0), rate.shape[0])   # dead neurons last
     order = np.lexsort((-rate.max(0), pref))
     return rate[:, order]
 
@@ -234,7 +265,7 @@ def make_report(study: Any, out: str | Path) -> Path:
     store = ActivationStore(paths["store"], mode="r")
     units = study.stored_units(store)
     results = {u.name: store.read_result(u.name) for u in units}
-    summary = store.read_result("penalty/summary")
+    summary = add_alive(store.read_result("penalty/summary"), results)
     cfg = study.config
     groups = _order(summary)
     any_ds = next(iter(results.values()))
