@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from polysdk.errors import ConfigError, SiteError
+from polysdk.errors import ConfigError
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -3,13 +3,12 @@ is imported by the functions, not by this module)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from polysdk.errors import ConfigError, SiteError
+from polysdk.errors import SiteError
 
 if TYPE_CHECKING:
     import torch
