@@ -175,3 +175,12 @@ def test_add_atlas_is_one_call_for_a_study_report(tmp_path):
     assert 'href="atlas.html"' in report and "Detector agreement atlas" in report
     assert_self_contained(report)
     assert atlas.page_ == tmp_path / "atlas.html" and atlas.page_.exists()
+
+
+def test_subword_tokens_are_shown_as_words():
+    toks = np.array(["[CLS]", "play", "##ing", "ball", "[CLS]", "red", "##dish"])
+    flat = xr.DataArray(np.arange(14.0).reshape(7, 2), dims=("token", "unit"),
+                        coords={"sample": ("token", [0, 0, 0, 0, 1, 1, 1]),
+                                "token_str": ("token", toks)})
+    text = neuron_page(flat, 1)
+    assert '"> play</span>' in text and '">ing</span>' in text and "##" not in text

@@ -258,6 +258,33 @@ def _image_of(images: Any, i: int) -> Any:
     return images[i]
 
 
+_SUBWORD = ("##", "\u2581", "\u0120")   # WordPiece, SentencePiece, byte-level BPE
+
+
+def _text_html(tokens: Sequence[str], values: np.ndarray, vmax: float, vmin: float) -> str:
+    """One text's token heat map; subword tokens are shown as words with the SoLU
+    study's ``reporting.text_heatmap.display_tokens`` when it is there."""
+    from polysdk.reporting.examples import token_heatmap_html
+
+    if any(str(t).startswith(_SUBWORD) for t in tokens):
+        try:
+            from polysdk.reporting.text_heatmap import display_tokens
+        except ImportError:
+            pass
+        else:
+            return ('<div class="hm">' + token_heatmap_html(display_tokens(tokens), values,
+                                                            vmax=vmax, vmin=vmin) + "</div>")
+    return token_heatmap_html(tokens, values, vmax=vmax, vmin=vmin)
+
+
+def _style() -> str:
+    try:
+        from polysdk.reporting.text_heatmap import HEATMAP_STYLE
+    except ImportError:
+        from polysdk.reporting.examples import EXAMPLES_STYLE as HEATMAP_STYLE
+    return HEATMAP_STYLE
+
+
 def _figure_html(fig: Any, alt: str, caption: str = "") -> str:
     import base64
 
@@ -304,8 +331,7 @@ def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any =
     ``i -> image``; ``interventions``: {name: value or {metric: value}} measured by the
     caller; ``atlas_href``: a link back to the atlas page.
     """
-    from polysdk.reporting.examples import (EXAMPLES_STYLE, colour_scale_html, rows_table_html,
-                                            token_heatmap_html)
+    from polysdk.reporting.examples import colour_scale_html, rows_table_html
     from polysdk.reporting.page import STYLE
 
     site, acts = _site_array(source, site, atlas)
@@ -338,7 +364,7 @@ def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any =
             toks = _tokens(acts, info, info["token_rows"][sel], tokenizer)
             toks = toks if toks is not None else [f"[{k}]" for k in range(sel.size)]
             parts.append(f"<p>text {esc(str(ids[i]))}{esc(tag)}: max {value[i]:.3g}</p>"
-                         + token_heatmap_html(toks, tv[sel], vmax=vmax, vmin=vmin))
+                         + _text_html(toks, tv[sel], vmax, vmin))
     elif images is not None:
         pics = [_image_of(images, int(i)) for i in order]
         lab = _labels(acts, labels, info)
@@ -367,7 +393,7 @@ def neuron_page(source: Any, unit: int, *, site: str | None = None, atlas: Any =
                  "one).</p>")
     title = f"Unit {int(unit)} of site {site}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}'
-            f"</title><style>{STYLE}\n{EXAMPLES_STYLE}</style></head><body>\n<h1>{esc(title)}"
+            f"</title><style>{STYLE}\n{_style()}</style></head><body>\n<h1>{esc(title)}"
             f"</h1>\n<p>{esc(str(acts.sizes['unit']))} units; dims {esc(str(tuple(acts.dims)))}.</p>\n"
             + "\n".join(parts) + "\n</body></html>\n")
 
