@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 LADDER = (0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001)
 METHODS = ("actgrad", "snip", "force")
+#: the smallest image the AlexNet topology takes (conv5 3 x 3 before the last 3/2 pool)
+MIN_IMAGE = 63
 
 
 def parse_units(items: Any) -> list[tuple[str, int]]:
@@ -136,6 +138,11 @@ class AlexNetConfig:
             for look in self.looks:
                 parse_look(look)
             class_groups(len(self.looks), self.merge)
+            if int(self.image_size) < MIN_IMAGE:
+                raise ConfigError(
+                    f"image_size={self.image_size} is too small for the AlexNet topology: "
+                    f"the last pool needs conv5 maps of 3 x 3, i.e. images of >= "
+                    f"{MIN_IMAGE} px.")
         parse_units(self.units)
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
@@ -288,6 +295,12 @@ class AlexNetStudy(Study[AlexNetConfig]):
     def run(self, out: str | Path | None = None, **kwargs: Any) -> Path:
         self._out = Path(out) if out is not None else self.default_out()
         return super().run(self._out, **kwargs)
+
+    def results(self, out: str | Path) -> dict[str, Any]:
+        """Every stored unit's Dataset (and ``out`` becomes where :meth:`need` reads)."""
+        if self._out is None:
+            self._out = Path(out)
+        return super().results(out)
 
     def execute_unit(self, unit: Unit) -> Any:
         if self.config.trace:

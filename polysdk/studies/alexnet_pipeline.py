@@ -253,7 +253,9 @@ def cluster_layer(acts: xr.DataArray, data: StudyData, top_k: int, min_cluster_s
     with the ground truth per unit (embedded set): the modal class of the top images
     and its share, whether that class is merged and both its looks are among the top
     images (``two_looks``: the smaller look >= ``minor_share`` of the class's top
-    images), and the adjusted Rand index of the clusters against each factor."""
+    images), how many looks hold ``min_cluster_size`` or more of the top images
+    (``n_looks``; ``multi_look``: two or more, whatever their classes), and the
+    adjusted Rand index of the clusters against each factor."""
     from sklearn.metrics import adjusted_rand_score
 
     from polysdk.data.shapes import factor_codes
@@ -288,6 +290,11 @@ def cluster_layer(acts: xr.DataArray, data: StudyData, top_k: int, min_cluster_s
         ds["minor_look_share"] = ("unit", minor)
         ds["two_looks"] = ("unit", ds["top_class_merged"].values & (share >= 0.5)
                            & (minor >= minor_share))
+        # looks that hold a cluster's worth of the unit's top images (any classes)
+        n_looks = np.array([int((np.bincount(r, minlength=len(data.looks))
+                                 >= min_cluster_size).sum()) for r in looks])
+        ds["n_looks"] = ("unit", n_looks)
+        ds["multi_look"] = ("unit", n_looks >= 2)
         names = ["look", "label", "colour", "texture", "shape", "background", "cx", "cy",
                  "radius"]
     else:
