@@ -24,6 +24,7 @@ TINY = dict(trials=1, epochs=2, hidden=[8, 8, 8, 8], n_shuffles=2, n_init=1, n_c
             progress=False, jobs=1)
 
 
+@pytest.mark.slow   # ~20 s on a loaded 2-core machine (five trials and a report)
 def test_tiny_run_both_modes_report(tmp_path):
     study = PenaltyStudy("both", **TINY)
     assert [u.name for u in study.units()] == [
