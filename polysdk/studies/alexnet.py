@@ -406,7 +406,10 @@ class AlexNetStudy(Study[AlexNetConfig]):
     def candidates(self) -> list[tuple[str, int]]:
         """The units that get subnetworks: ``units`` (each checked to have two
         clusters), else the ``n_candidates`` candidates whose two largest clusters are
-        the most balanced (ties: later layer, lower index); no ground truth is used."""
+        the most balanced (ties: later layer, lower index) among the live ones (the
+        unit's pre-ReLU centre value is positive on all its top images: a unit that
+        never fires has no meaning to split; all candidates when none is live); no
+        ground truth is used."""
         cfg = self.config
         if cfg.units:
             chosen = self.check_units(self.model())
@@ -428,10 +431,15 @@ class AlexNetStudy(Study[AlexNetConfig]):
                         "to reuse the trained model.")
             return chosen
         rows = []
-        for li, layer in enumerate(cfg.layers):
-            ds = self.clusters(layer)
-            for u in np.flatnonzero(ds["n_clusters"].values >= 2):
-                rows.append((-_balance(ds, int(u)), -li, int(u), layer))
+        for live_only in (True, False):
+            for li, layer in enumerate(cfg.layers):
+                ds = self.clusters(layer)
+                live = ds["top_activation"].values[:, -1] > 0
+                for u in np.flatnonzero(ds["n_clusters"].values >= 2):
+                    if live[u] or not live_only:
+                        rows.append((-_balance(ds, int(u)), -li, int(u), layer))
+            if rows:
+                break
         rows.sort()
         return [(layer, u) for _, _, u, layer in rows[: int(cfg.n_candidates)]]
 
