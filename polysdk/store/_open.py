@@ -163,7 +163,7 @@ def _repair_remote(log: CommitLog, schema: Schema, meta: Mapping[str, Any] | Non
 
     p, n = log.root, log.n
     assert isinstance(p, RemotePath)
-    committed = set(L.read_commit_record(p)[1]) if meta is None else set(meta)
+    committed = dict(L.read_commit_record(p)[1] if meta is None else meta)
     for child in p.children():
         if child not in {*schema.sites, L.RESULTS} and (p / child / L.ROOT_META).exists():
             (p / child).remove()  # a site group whose first batch never committed
@@ -178,9 +178,13 @@ def _repair_remote(log: CommitLog, schema: Schema, meta: Mapping[str, Any] | Non
     log.commit(n, list(schema.sites))
 
 
-def _drop_uncommitted(node: RemotePath, committed: set[str]) -> None:
+def _drop_uncommitted(node: RemotePath, committed: Mapping[str, Any]) -> None:
+    """Delete the nodes below ``results`` the record does not list (not inside arrays:
+    their chunks are no nodes)."""
     if node.rel not in committed:
         node.remove()
+        return
+    if committed[node.rel].get("node_type") != "group":
         return
     for child in node.children():
         _drop_uncommitted(node / child, committed)

@@ -255,7 +255,8 @@ class Writer:
         for name, arr in self._arrays[site].items():
             if arr.length < stop:  # grow geometrically: few metadata writes
                 chunk = arr.chunk
-                arr.resize(-(-max(stop, 2 * arr.length, 64 * chunk) // chunk) * chunk)
+                ahead = max(stop, 2 * arr.length, 64 * chunk) if arr.grow_ahead else stop
+                arr.resize(-(-ahead // chunk) * chunk)
             arr.write(start, [p[name] for p in pieces], k)
         self._pending[site] = _drop_samples(pieces, k)
         self._pending_n[site] -= k

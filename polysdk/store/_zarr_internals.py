@@ -198,9 +198,12 @@ class ZarrArray:
     """One array of a site group, written through zarr's public API (the fallback, and
     the only path on object storage)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path | RemotePath) -> None:
         self.directory = directory
         self._opened: Any = None
+        # grow ahead of the data (few metadata writes)? Not on object storage: shrinking
+        # back at close deletes every chunk key past the end, one request each
+        self.grow_ahead = not isinstance(directory, RemotePath)
 
     def zarr_array(self) -> Any:
         """The array opened with zarr (cached until the next ``resize``)."""
