@@ -218,6 +218,12 @@ class _Filler:
                 raise ConfigError(f"faker has no locale {loc!r}; use e.g. "
                                   f"{list(DEFAULT_LOCALES)}.") from err
             f.seed_instance(int(seed) * 1000 + i)
+            for provider in f.providers:
+                # faker's it_IT builds its city list from a set: its order (and so the
+                # city a seed gives) changed with PYTHONHASHSEED; sorted, it does not
+                cities = getattr(provider, "cities", None)
+                if isinstance(cities, list):
+                    provider.cities = sorted(cities)
             self.fakers.append(f)
 
     def fake(self) -> Any:

@@ -91,8 +91,9 @@ def load_token_classifier(model: str, label_names: Sequence[str], *,
                               "fine-tune it on this data (base_epochs > 0).")
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()   # the load report of a new head is expected here
+    hf_logging.disable_progress_bar()
     try:
         if finetuned:
             net = AutoModelForTokenClassification.from_pretrained(path)
@@ -106,6 +107,8 @@ def load_token_classifier(model: str, label_names: Sequence[str], *,
             f"{archs or 'none'}) cannot be loaded as a token classifier: {err}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     tok = AutoTokenizer.from_pretrained(path, use_fast=True)
     return net, tok
 

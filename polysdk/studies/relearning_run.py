@@ -192,7 +192,7 @@ def _masks(study: Any, model: Any, sites: Sequence[tuple[str, str]], pruned: np.
 
 # ----------------------------------------------------------------------------- measuring
 def _measure(study: Any, model: Any, tok: Any, data: Any, sites: Sequence[tuple[str, str]],
-             eval_masks: Sequence[Any], base: bool = False) -> tuple[xr.Dataset, Any]:
+             eval_masks: Sequence[Any]) -> tuple[xr.Dataset, Any]:
     from polysdk.data.ner import concept_tag, word_types
     from polysdk.models.token_classifier import evaluate_f1
 
@@ -250,7 +250,7 @@ def run_base(study: Any, unit: Any) -> xr.Dataset:
     enc = _encoded(study, data, tok)
     losses, t_train = _train(study, model, tok, enc["train"], cfg.base_epochs, unit.seed,
                              lambda opt: [], "base")
-    ds, acts = _measure(study, model, tok, data, sites, [], base=True)
+    ds, acts = _measure(study, model, tok, data, sites, [])
     tag = ds.attrs["concept_tag"]
     order = {"mean_diff": np.argsort(ds["concept_rank"].sel(concept=tag).values,
                                      kind="stable")}
