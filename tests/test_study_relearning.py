@@ -265,3 +265,19 @@ def test_cli_sets_and_quick_listing(tmp_path, capsys):
     assert main(["run", "relearning", "--set", "prune_fracton=0.5", "--out",
                  str(tmp_path / "x")]) == 2
     assert "'prune_fraction'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_example_script_runs(tmp_path, capsys):
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["relearning.py", "--tiny", "--arms", "zero", "--out", str(tmp_path / "ex")]
+    try:
+        runpy.run_path("examples/relearning.py", run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "validation F1" in out and "report:" in out
+    assert (tmp_path / "ex" / "report.html").exists()

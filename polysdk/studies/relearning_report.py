@@ -238,7 +238,20 @@ def headline_findings(summary: Any) -> list[Finding]:
             seed=f"{a0} ... {a1} (first to last: reversed)",
             verdict=("agrees" if after[0] > after[-1] else
                      "differs (earlier, not reversed)" if shift < 0 else "differs")))
+    z0 = summary["layer_saliency"].sel(arm=ref).values[0]
+    rows.append(Finding(
+        "Much of that reversal is there before any retraining (just pruned)",
+        run=(f"{ref}, just pruned: per-layer means {' '.join(f'{v:.2f}' for v in z0)}; "
+             "the pruned neurons (mostly late layers) fall to the bottom of the ranking, "
+             "so the rest rise"),
+        seed="compared only base and retrained models"))
     if "random" in arms:
+        rs = summary["layer_saliency"].sel(arm="random").values
+        rows.append(Finding(
+            "Random pruning moves the concept's saliency too (control)",
+            run=(f"random: per-layer means just pruned {' '.join(f'{v:.2f}' for v in rs[0])}"
+                 f", last round {' '.join(f'{v:.2f}' for v in rs[-1])}"),
+            seed="no random control"))
         fr = _val(summary).sel(arm="random").values
         fc = _val(summary, metric=tag).sel(arm="random").values
         rows.append(Finding(
