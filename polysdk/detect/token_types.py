@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["token_type", "normalise", "token_types", "attribute", "TYPES", "SHALLOW",
-           "SPECIAL_TOKENS"]
+__all__ = ["token_type", "normalise", "token_types", "attribute", "fragments", "TYPES",
+           "SHALLOW", "SPECIAL_TOKENS"]
 
 TYPES = ("punctuation", "digits", "whitespace", "special", "shared", "content")
 SHALLOW = ("punctuation", "digits", "whitespace", "special")
@@ -94,3 +94,18 @@ def attribute(values: np.ndarray, types: Sequence[str], text: np.ndarray,
     mass = {t: float(w[types == t].sum()) for t in types_order}
     total = sum(mass.values())
     return {t: (m / total if total > 0 else 0.0) for t, m in mass.items()}
+
+
+def fragments(tokens: Sequence[str], position: Sequence[int]) -> np.ndarray:
+    """True where a content token continues a word. WordPiece (any ``##`` token in
+    ``tokens``): the ``##x`` tokens. Otherwise (SentencePiece / GPT-2 marks): a token
+    with no word-start mark (``▁``/``Ġ``) right after a content token of its text."""
+    toks = [str(t) for t in tokens]
+    types = [token_type(t) for t in toks]
+    if any(t.startswith("##") for t in toks):
+        return np.array([t.startswith("##") and k == "content" for t, k in zip(toks, types)])
+    out = np.zeros(len(toks), dtype=bool)
+    for i, (t, k, pos) in enumerate(zip(toks, types, position)):
+        after_content = i > 0 and int(pos) > 0 and types[i - 1] == "content"
+        out[i] = k == "content" and after_content and not t.startswith(("▁", "Ġ"))
+    return out

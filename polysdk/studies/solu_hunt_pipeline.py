@@ -26,8 +26,10 @@ activation mass, its rank when the set means are recomputed without shallow toke
 * ``shallow cause``: on one of its sets shallow tokens carry >= ``shallow_share`` of
   the mass, or without them it leaves that set's top ``top_k``;
 * ``polysemantic``: on both sets it stays in the top ``top_k`` on tokens that are
-  neither shallow nor shared by the two sets;
-* ``unclear``: the rest (e.g. it needs the sub-words both sets share), with the evidence.
+  neither shallow nor shared by the two sets, and word fragments (WordPiece ``##x``, a
+  token continuing the word before) do not carry >= ``shallow_share`` on both sets;
+* ``unclear``: the rest (it needs the sub-words both sets share, or fragments carry
+  it on both sets: a tokenizer feature rather than two concepts), with the evidence.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from polysdk.detect.token_types import SHALLOW, TYPES, attribute, token_type, token_types
+from polysdk.detect.token_types import (SHALLOW, TYPES, attribute, fragments, token_type,
+                                         token_types)
 from polysdk.errors import ConfigError, DetectorInputError, PolysdkWarning
 
 __all__ = ["record", "analyse", "scaled_top_k", "encode", "Plant", "SEED_NEURONS",
@@ -340,6 +343,8 @@ def analyse(rec: xr.Dataset, store_path: str | Path | None = None, *, top_k: int
             vals[:, cols] = np.asarray(arr[:, units] if token_values is not None
                                        else arr.isel(unit=units).values, dtype=np.float64)
     # ---- attribution and verdicts
+    frag = fragments(tok_str, rec["tok_position"].values)
+    frag_share = np.zeros((idx.size, 2))
     pair_rank: dict[tuple[str, str], np.ndarray] = {}
     rows: dict[str, list[Any]] = {k: [] for k in ("pair_a", "pair_b", "verdict", "evidence")}
     share = np.zeros((idx.size, 2, len(TYPES)))
@@ -353,7 +358,8 @@ def analyse(rec: xr.Dataset, store_path: str | Path | None = None, *, top_k: int
         a, b = pair
         if pair not in pair_rank:   # ranks with the shared sub-words removed too, all neurons
             types_pair = token_types(tok_str, tok_set, pair)
-            keep = ~np.isin(types_pair, list(SHALLOW) + ["shared"])
+            # only the pair's texts: the ranks are read on its two sets alone
+            keep = ~np.isin(types_pair, list(SHALLOW) + ["shared"]) & np.isin(tok_set, pair)
             pair_rank[pair] = (types_pair, _ranks(_set_means(
                 _distinct_means(rec, keep, store_path, token_values), text_set, names)))
         types_pair, d_rank = pair_rank[pair]
@@ -368,14 +374,21 @@ def analyse(rec: xr.Dataset, store_path: str | Path | None = None, *, top_k: int
             order = np.argsort(-mass)[:top_tokens]
             tops[j, side] = " ".join(repr(str(tok_str[on][k])) for k in order)
             shallow_mass = sum(sh[t] for t in SHALLOW)
+            pos = np.clip(vals[on, j], 0, None) / np.bincount(tok_text)[tok_text[on]]
+            frag_share[j, side] = pos[frag[on]].sum() / pos.sum() if pos.sum() > 0 else 0.0
             is_shallow = shallow_mass >= shallow_share or c_rank[u, si] > top_k
             shallow |= is_shallow
             distinct_ok &= d_rank[u, si] <= top_k
             evidence.append(f"{s}: {_fmt_share(sh)}; rank {rank[u, si]}, "
                             f"{c_rank[u, si]} without shallow tokens, {d_rank[u, si]} also "
-                            f"without shared sub-words; top tokens {tops[j, side]}")
+                            f"without shared sub-words; {100 * frag_share[j, side]:.0f}% on "
+                            f"word fragments; top tokens {tops[j, side]}")
+        fragmentary = bool((frag_share[j] >= shallow_share).all())
         verdict = ("shallow cause" if shallow else "polysemantic" if distinct_ok
-                   else "unclear")
+                   and not fragmentary else "unclear")
+        if verdict == "unclear" and fragmentary and distinct_ok:
+            evidence.append("carried by word fragments on both sets (a tokenization "
+                            "feature rather than two concepts?)")
         rows["pair_a"].append(a)
         rows["pair_b"].append(b)
         rows["verdict"].append(verdict)
@@ -391,6 +404,7 @@ def analyse(rec: xr.Dataset, store_path: str | Path | None = None, *, top_k: int
         "type_share": (("cand", "side", "type"), share),
         "side_ranks": (("cand", "side", "rank_kind"), ranks3),
         "top_tokens": (("cand", "side"), tops.astype(str)),
+        "fragment_share": (("cand", "side"), frag_share),
         "token_value": (("tok", "cand"), vals.astype(np.float32)),
     }, coords={"type": list(TYPES), "rank_kind": ["all", "content", "distinct"],
                "side": [0, 1]})

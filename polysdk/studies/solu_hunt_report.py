@@ -227,12 +227,14 @@ def make_report(study: Any, out: str | Path) -> Path:
         + f". A text's activation is the mean over its real tokens (padding never; "
         f"{'BOS/[CLS]/[SEP] included' if cfg.count_special else 'BOS/[CLS]/[SEP] left out'}"
         "); a set's, the mean over its texts; active = in the set's top k of all the "
-        f"model's neurons (k = {cfg.top_k} x neurons / {cfg.top_k_reference}); candidates "
+        + (f"model's neurons (k = {cfg.top_k} x neurons / {cfg.top_k_reference}); "
+           if cfg.top_k_reference else f"model's neurons (k = {cfg.top_k}); ")
+        + f"candidates "
         f"= active on exactly {cfg.exactly} sets. Verdicts: shallow cause (punctuation, "
         f"digits, whitespace or special tokens carry >= {cfg.shallow_share:.0%} of a set's "
         "positive activation, or the neuron leaves the set's top k without them), "
         "polysemantic (in the top k of both sets on tokens neither shallow nor shared by "
-        "the two sets), unclear (the rest).")
+        "the two sets, and not carried by word fragments on both), unclear (the rest).")
     page = _Page(f"SoLU neuron hunt: {study.preset or 'custom'}"
                  f"{' (quick)' if study.quick else ''}", intro)
     page.raw(f"<style>{HEATMAP_STYLE}</style>")
@@ -251,7 +253,7 @@ def make_report(study: Any, out: str | Path) -> Path:
     page.table(rows, "Candidates per layer and model", left=["model"])
     page.figure(_per_layer_figure(results), "Candidates per layer: active on exactly two "
                 "sets, and with the narrow filter", save_as=paths["figures"] / "per_layer.png")
-    if any(ds.sizes.get("cand", 0) for ds in results.values()):
+    if any(ds.sizes.get("cand", 0) for m, ds in results.items() if m != "planted"):
         page.figure(_overview_figure(results), "Set activation of each candidate (z-scored "
                     "over the sets; first 40 per model)", save_as=paths["figures"] / "sets.png")
     if "solu" in results or "gelu" in results:
