@@ -22,11 +22,12 @@ from polysdk.studies.penalty_trial import elementwise_accuracy
 
 TINY = dict(trials=1, epochs=2, hidden=[8, 8, 8, 8], n_shuffles=2, n_init=1, n_clusters=3,
             progress=False, jobs=1)
+NO_ATLAS = dict(atlas=False)   # the report's atlas has its own test (it costs seconds a site)
 
 
 @pytest.mark.slow   # ~20 s on a loaded 2-core machine (five trials and a report)
 def test_tiny_run_both_modes_report(tmp_path):
-    study = PenaltyStudy("both", **TINY)
+    study = PenaltyStudy("both", **TINY, **NO_ATLAS)
     assert [u.name for u in study.units()] == [
         "penalty/alpha_0/trial_1", "penalty/soft_alpha_+1/trial_1",
         "penalty/hard_alpha_+1/trial_1", "penalty/soft_alpha_-1/trial_1",
@@ -124,7 +125,7 @@ def test_cli_run_and_registry(tmp_path):
     rc = main(["run", "penalty", "--preset", "hard", "--quick", "--no-progress",
                "--out", str(tmp_path / "cli"), "--set", "trials=1", "--set", "epochs=1",
                "--set", "hidden=4,4,4,4", "--set", "n_shuffles=1", "--set", "n_init=1",
-               "--set", "n_clusters=2", "--set", "alphas=0,1"])
+               "--set", "n_clusters=2", "--set", "alphas=0,1", "--set", "atlas=false"])
     assert rc == 0
     rec = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert rec["preset"] == "hard" and rec["quick"] and rec["config"]["modes"] == ["hard"]
@@ -186,10 +187,82 @@ def test_bad_config_is_a_polysdk_error():
         PenaltyStudy("soft", trials=0)
 
 
-def test_example_runs_tiny(tmp_path, capsys):
+def test_example_runs_tiny(tmp_path, capsys, monkeypatch):
+    import dataclasses
     import runpy
+
+    from polysdk.studies.penalty import PRESETS
+
+    monkeypatch.setitem(PRESETS, "soft", dataclasses.replace(PRESETS["soft"], atlas=False))
 
     mod = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "penalty.py"))
     mod["main"](str(tmp_path / "ex"), tiny=True)
     out = capsys.readouterr().out
     assert "relu4:" in out and "n-cut" in out and "report:" in out
+
+
+def test_atlas_sites_are_the_trials_test_activations(tmp_path):
+    """finish records trial 1 of each group at every hidden layer through Probe (sites
+    <group>.<layer>, with labels): the very activations the trial measured, again."""
+    from polysdk.store import ActivationStore
+    from polysdk.studies.penalty_trial import firing_summary
+
+    study = PenaltyStudy("soft", **{**TINY, "trials": 2, "hidden": [4, 4, 4, 4],
+                                    "alphas": [0, 1]})
+    study.run(out=tmp_path / "run", report=False)
+    store = ActivationStore(tmp_path / "run" / "results.zarr", mode="a")
+    groups = ["alpha_0", "soft_alpha_+1"]
+    assert store.sites == [f"{g}.relu{i}" for g in groups for i in range(1, 5)]
+    data = study.data()
+    assert store.n_samples == data.x_test.shape[0]
+    for g in groups:
+        ds = store.read_result(f"penalty/{g}/trial_1")
+        assert ds["weights"].sizes["param"] == sum(
+            p.numel() for p in study.build_model(64).parameters())
+        acts = store[f"{g}.relu2"]
+        assert acts.dims == ("sample", "unit") and acts.sizes["unit"] == 4
+        assert acts["label"].values.tolist() == data.y_test.tolist()
+        fs = firing_summary(acts.values, acts["label"].values, 10)
+        np.testing.assert_allclose(fs["firing_rate"],
+                                   ds["firing_rate"].sel(layer="relu2").values)
+        net = study.trained_model(ds)
+        top1 = float((net(data.x_test).argmax(1) == data.y_test).double().mean())
+        assert top1 == pytest.approx(float(ds["top1_accuracy"]))
+    # a resumed finish leaves a complete recording as it is
+    assert study.record_atlas_sites(store, study.stored_units(store)) == store.sites
+    assert store.n_samples == data.x_test.shape[0] and len(store.batches) == 1
+    store.close()
+
+
+def test_report_has_the_atlas_page(tmp_path, capsys):
+    """The report links the atlas page (agreement heat maps and tables in the report);
+    its numbers are in atlas_summary.json and print_atlas prints them."""
+    from polysdk.studies.penalty_report import print_atlas
+
+    study = PenaltyStudy("soft", **{**TINY, "hidden": [4, 4, 4, 4], "alphas": [0, 1],
+                                    "layers": ["relu4"], "atlas_pages": 1})
+    report = study.run(out=tmp_path / "run")
+    html = report.read_text()
+    assert "Detector agreement atlas" in html
+    assert '<a href="atlas.html">open the atlas page</a>' in html
+    assert "alpha_0.relu4: agreement between detectors" in html
+    assert "Atlas: agreement per detector pair and group" in html
+    page = (tmp_path / "run" / "atlas.html").read_text()
+    assert "Site alpha_0.relu4" in page and "Site soft_alpha_+1.relu4" in page
+    assert "feature_capacity" in page and "skipped" in page   # weight-based: for toy models
+    assert list((tmp_path / "run" / "neurons").glob("*/unit-*.html"))
+    summary = json.loads((tmp_path / "run" / "atlas_summary.json").read_text())
+    assert list(summary) == ["alpha_0.relu4", "soft_alpha_+1.relu4"]
+    s = summary["soft_alpha_+1.relu4"]
+    assert s["group"] == "soft_alpha_+1" and s["layer"] == "relu4" and s["units"] == 4
+    assert "class_selectivity" in s["flagged"] and "feature_capacity" in s["skipped"]
+    assert "class_selectivity & hdbscan" in s["pairs"]
+    print_atlas(tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "soft_alpha_+1.relu4" in out and "alpha_0 J:" in out
+    # atlas=false: the report says so and writes no atlas page (the sites stay recorded)
+    off = PenaltyStudy("soft", **{**TINY, "hidden": [4, 4, 4, 4], "alphas": [0, 1],
+                                  "layers": ["relu4"], "atlas": False})
+    (tmp_path / "run" / "atlas.html").unlink()
+    html = off.run(out=tmp_path / "run").read_text()     # resumed: same identity
+    assert "atlas=false" in html and not (tmp_path / "run" / "atlas.html").exists()

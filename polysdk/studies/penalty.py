@@ -31,14 +31,24 @@ compares converged networks, not a slower-converging one. ``quick()``: 3 trials 
 alpha and 20 shuffles (MNIST: also 10,000 training images and 5 epochs).
 
 Results: ``penalty/<group>/trial_<t>`` per unit (``group`` = ``alpha_0`` or
-``soft_alpha_+1`` ...), then ``penalty/summary`` (one row per trial) in
-``<out>/results.zarr``; report :mod:`polysdk.studies.penalty_report`.
+``soft_alpha_+1`` ...; each holds its trained ``weights``), then ``penalty/summary`` (one
+row per trial) in ``<out>/results.zarr``; report :mod:`polysdk.studies.penalty_report`.
+
+For the detector agreement atlas (:mod:`polysdk.atlas`), ``finish`` also records, through
+:class:`~polysdk.Probe` into the same store, the test-set activations of every hidden
+layer of one representative network per group (trial :data:`ATLAS_TRIAL`, rebuilt from
+its stored weights), with the labels: site ``<group>.<layer>`` (``alpha_0.relu1``,
+``soft_alpha_+1.relu4``; :func:`atlas_site`). One trial per group keeps it cheap (the
+test set once per group: 360 x 1024 floats on digits); the report fits the atlas on
+those sites (``add_atlas``). The recording is resumed like the units: a run that is cut
+while recording re-records only what was not committed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,10 +60,15 @@ import numpy as np
 from polysdk.errors import ConfigError
 from polysdk.studies.base import Study, Unit
 
-__all__ = ["PenaltyStudy", "PenaltyConfig", "PRESETS", "DEFAULT_EPOCHS", "group_name"]
+__all__ = ["PenaltyStudy", "PenaltyConfig", "PRESETS", "DEFAULT_EPOCHS", "group_name",
+           "atlas_site", "ATLAS_TRIAL"]
+
+log = logging.getLogger(__name__)
 
 #: epochs when ``epochs`` is None (see the module docstring for digits' 100)
 DEFAULT_EPOCHS = {"digits": 100, "mnist": 20, "fashion_mnist": 20}
+#: the trial of each group whose test-set activations are recorded for the atlas
+ATLAS_TRIAL = 1
 
 
 def group_name(alpha: float, mode: str) -> str:
@@ -61,12 +76,22 @@ def group_name(alpha: float, mode: str) -> str:
     return "alpha_0" if alpha == 0 else f"{mode}_alpha_{alpha:+g}"
 
 
+def atlas_site(group: str, layer: str) -> str:
+    """The store site of ``layer``'s test-set activations in ``group``'s atlas network
+    (a store site name has no '/'): ``atlas_site("soft_alpha_+1", "relu1")`` is
+    ``'soft_alpha_+1.relu1'``."""
+    return f"{group}.{layer}"
+
+
 @dataclass(frozen=True)
 class PenaltyConfig:
     """A penalty run (see the module docstring). ``epochs`` None: per dataset
     (:data:`DEFAULT_EPOCHS`); ``train_samples``: use only the first n training images
     (None: all); ``layers``: the MLP sites penalised and analysed; ``jobs``: threads for
-    the clusterability shuffles (None: one per core; does not change results).
+    the clusterability shuffles (None: one per core; does not change results);
+    ``atlas``: map the detector agreement atlas in the report (the recording for it is
+    always made: it is cheap) and ``atlas_pages``: neuron pages per site on its page
+    (both report-only: they do not change results).
 
     >>> PenaltyConfig().quick().trials, PenaltyConfig(dataset="mnist").resolved_epochs()
     (3, 20)
@@ -89,6 +114,8 @@ class PenaltyConfig:
     train_samples: int | None = None
     seed: int = 0
     jobs: int | None = None
+    atlas: bool = True
+    atlas_pages: int = 10
 
     def __post_init__(self) -> None:
         from polysdk.data.digits import check_dataset
@@ -115,7 +142,7 @@ class PenaltyConfig:
             raise ConfigError(f"modes={self.modes!r} must be 'soft', 'hard' or both.")
         object.__setattr__(self, "modes", modes)
         for name, lo in (("trials", 1), ("batch_size", 2), ("n_clusters", 2),
-                         ("n_shuffles", 0), ("n_init", 1)):
+                         ("n_shuffles", 0), ("n_init", 1), ("atlas_pages", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or v < lo:
                 raise ConfigError(f"{name}={v!r} must be an integer >= {lo}.")
@@ -180,7 +207,7 @@ class PenaltyStudy(Study[PenaltyConfig]):
     Config = PenaltyConfig
     presets = PRESETS
     default_preset = "soft"
-    runtime_fields = ("jobs",)
+    runtime_fields = ("jobs", "atlas", "atlas_pages")
 
     def __init__(self, config: PenaltyConfig | str | None = "soft", **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
@@ -239,6 +266,77 @@ class PenaltyStudy(Study[PenaltyConfig]):
 
     def finish(self, store: Any, units: Sequence[Unit]) -> None:
         store.write_result("penalty/summary", self.summarize(store, units))
+        self.record_atlas_sites(store, units)
+
+    # ----------------------------------------------------------------- atlas
+    def atlas_units(self, units: Sequence[Unit]) -> dict[str, Unit]:
+        """{group: its representative unit} (trial :data:`ATLAS_TRIAL`), in unit order."""
+        out: dict[str, Unit] = {}
+        for u in units:
+            if int(u.spec["trial"]) == ATLAS_TRIAL:
+                out.setdefault(group_name(float(u.spec["alpha"]), str(u.spec["mode"])), u)
+        return out
+
+    def atlas_sites(self, groups: Sequence[str]) -> list[str]:
+        """Every recorded site of ``groups``: group by group, layer by layer."""
+        return [atlas_site(g, layer) for g in groups for layer in self.config.layers]
+
+    def trained_model(self, ds: Any) -> Any:
+        """The network of a stored trial (its ``weights``), on the CPU, in eval mode."""
+        import torch
+
+        if "weights" not in ds:
+            raise ConfigError("this trial's result has no 'weights' (a run stored before the "
+                              "penalty study kept them); re-run it with --fresh to record it.")
+        model = self.build_model(int(ds.attrs.get("n_features", 0)) or None)
+        vec = torch.as_tensor(np.asarray(ds["weights"].values, dtype=np.float32))
+        n = sum(p.numel() for p in model.parameters())
+        if vec.numel() != n:
+            raise ConfigError(f"the stored weights have {vec.numel()} values but the MLP "
+                              f"{self.config.hidden} has {n} parameters.")
+        torch.nn.utils.vector_to_parameters(vec, model.parameters())
+        return model.eval()
+
+    def record_atlas_sites(self, store: Any, units: Sequence[Unit]) -> list[str]:
+        """Record the test-set activations of each group's representative network at
+        every hidden layer (sites :func:`atlas_site`, with ``label``) through
+        :class:`~polysdk.Probe`; returns the sites. A store that holds them all is left
+        as it is; one cut while recording is resumed (Probe checks each committed
+        batch's fingerprint). Groups stored without weights (older runs) are skipped."""
+        import torch
+
+        from polysdk.probe import Probe
+
+        chosen = {}
+        for g, u in self.atlas_units(units).items():
+            ds = store.read_result(u.name)
+            if "weights" in ds:
+                chosen[g] = ds
+            else:
+                log.warning("penalty: %s has no stored weights; its group is left out of "
+                            "the atlas", u.name)
+        sites = self.atlas_sites(list(chosen))
+        if not sites:
+            return []
+        data = self.data()
+        n = int(data.x_test.shape[0])
+        have = list(store.sites)
+        if have and set(have) != set(sites):
+            log.warning("penalty: the store's sites %s are not the atlas sites %s; left "
+                        "as they are", have, sites)
+            return [s for s in have if s in sites]
+        if have and store.n_samples >= n:
+            return sites
+        class SideBySide(torch.nn.ModuleDict):   # the groups' networks on the same inputs
+            def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+                return [net(x) for net in self.values()]
+
+        nets = SideBySide({g: self.trained_model(ds) for g, ds in chosen.items()})
+        step = 512
+        batches = [(data.x_test[s:s + step], data.y_test[s:s + step])
+                   for s in range(0, n, step)]
+        Probe(nets, sites, store=store).run(batches, progress=False)
+        return sites
 
     _SCALARS = ("top1_accuracy", "elementwise_accuracy", "test_loss", "final_train_loss",
                 "n_cut", "z_score", "left_p_value", "train_seconds", "cluster_seconds")

@@ -7,6 +7,14 @@ Figures follow the seed: per hidden layer, the class x neuron firing frequency o
 test set (its Fig. 1 and 2; neurons sorted by preferred class, then by rate), one row
 per group (first trial); n-cut against Z for every trial with its left p-value written
 beside the point (its Fig. 3); both accuracies per trial; the null distributions.
+
+Then the detector agreement atlas (:func:`polysdk.atlas.add_atlas`) on the test-set
+activations of each group's representative network (sites ``<group>.<layer>``, recorded
+by the study's ``finish``): ``<out>/atlas.html`` with its neuron pages, the agreement
+heat maps and two tables here (flagged units per detector; Jaccard / Spearman per
+detector pair and group), and the numbers in ``<out>/atlas_summary.json``. Print them:
+
+    .venv/bin/python -m polysdk.studies.penalty_report runs/penalty-soft-quick
 """
 
 from __future__ import annotations
@@ -14,11 +22,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import json
+import sys
+
 import numpy as np
 
 from polysdk.reporting import Finding, ReportPage, colors_for, heatmap, new_figure
 
-__all__ = ["make_report", "SEED", "group_table", "headline_findings"]
+__all__ = ["make_report", "SEED", "group_table", "headline_findings", "atlas_summary",
+           "add_penalty_atlas", "print_atlas", "ATLAS_SUMMARY"]
+
+#: the atlas numbers of a run, beside its report
+ATLAS_SUMMARY = "atlas_summary.json"
 
 #: seed 001's MNIST numbers (methods.md; p from its clusterability_results_k12.csv)
 SEED = {
@@ -257,6 +272,108 @@ def plot_null(results: dict[str, Any], summary: Any) -> Any:
     return fig
 
 
+def atlas_summary(atlas: Any, sites: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Per atlas site: group, layer, units, flagged units per detector, and each detector
+    pair's Jaccard (flagged sets) and Spearman (scores); NaN is written as None."""
+    def num(x: float) -> float | None:
+        return None if not np.isfinite(x) else round(float(x), 4)
+
+    out: dict[str, Any] = {}
+    for site, ds in atlas.results_.items():
+        names = [str(d) for d in ds["detector"].values]
+        group, layer = sites[site]
+        out[site] = {
+            "group": group, "layer": layer, "units": int(ds.sizes["unit"]),
+            "flagged": {n: int(ds["n_flagged"].values[j]) for j, n in enumerate(names)},
+            "pairs": {f"{names[i]} & {names[j]}": {
+                "jaccard": num(ds["jaccard"].values[i, j]),
+                "spearman": num(ds["spearman"].values[i, j])}
+                for i in range(len(names)) for j in range(i + 1, len(names))},
+            "skipped": json.loads(ds.attrs.get("skipped_json", "{}"))}
+    return out
+
+
+def _mean(values: list[float | None]) -> float:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def atlas_tables(summary: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(flagged units per site and detector, per pair: Jaccard / Spearman per group as
+    the mean over its layers, each layer's value in brackets)."""
+    flagged = [{"group": v["group"], "layer": v["layer"], "units": v["units"], **v["flagged"]}
+               for v in summary.values()]
+    groups = list(dict.fromkeys(v["group"] for v in summary.values()))
+    pairs = list(dict.fromkeys(p for v in summary.values() for p in v["pairs"]))
+    rows = []
+    for pair in pairs:
+        row: dict[str, Any] = {"detectors": pair}
+        for g in groups:
+            per = [v["pairs"].get(pair, {}) for v in summary.values() if v["group"] == g]
+            for key, short in (("jaccard", "J"), ("spearman", "rho")):
+                vals = [p.get(key) for p in per]
+                layer_txt = ", ".join("n/a" if x is None else f"{x:.2f}" for x in vals)
+                m = _mean(vals)
+                row[f"{g} {short}"] = (f"{m:.2f}" if np.isfinite(m) else "n/a") + \
+                    f" ({layer_txt})"
+        rows.append(row)
+    return flagged, rows
+
+
+def add_penalty_atlas(page: Any, study: Any, store: Any, out: Path,
+                      groups: list[str]) -> Any:
+    """The atlas section of the report (see the module docstring); None when the run
+    recorded no atlas sites (a run stored before the study kept its weights)."""
+    from polysdk.atlas import add_atlas
+    from polysdk.studies.penalty import atlas_site
+
+    where = {atlas_site(g, layer): (g, layer) for g in groups for layer in study.config.layers}
+    sites = [s for s in store.sites if s in where]
+    if not study.config.atlas:
+        page.section("Detector agreement atlas", "Left out of this report (atlas=false); "
+                     f"the recorded sites ({len(sites)}) are in the store: polysdk atlas "
+                     "STORE --site SITE maps them.")
+        return None
+    if not sites:
+        page.section("Detector agreement atlas", "Not recorded in this run (its trials were "
+                     "stored without their weights); re-run with --fresh to get it.")
+        return None
+    atlas = add_atlas(page, store, out, sites=sites, pages=int(study.config.atlas_pages))
+    summary = atlas_summary(atlas, where)
+    (out / ATLAS_SUMMARY).write_text(json.dumps(summary, indent=1))
+    flagged, pairs = atlas_tables(summary)
+    page.table(flagged, "Atlas: units flagged polysemantic by each detector (test set of "
+               f"trial 1 of each group; site = group.layer; numbers in {ATLAS_SUMMARY})",
+               left=["group", "layer"])
+    page.table(pairs, "Atlas: agreement per detector pair and group: Jaccard of the flagged "
+               "sets (J; 1 when both are empty) and Spearman of the scores (rho; n/a when a "
+               "score is constant), mean over the hidden layers (relu1..relu4 in brackets)",
+               left=["detectors"])
+    return atlas
+
+
+def print_atlas(out: str | Path, file: Any = None) -> None:
+    """Print a run's atlas numbers (``<out>/atlas_summary.json``, written by the report)."""
+    path = Path(out) / ATLAS_SUMMARY
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: write the report first "
+                                f"(polysdk run penalty ... --out {out}).")
+    flagged, pairs = atlas_tables(json.loads(path.read_text()))
+    file = file or sys.stdout
+    dets = [k for k in flagged[0] if k not in ("group", "layer", "units")] if flagged else []
+    print("flagged polysemantic (of units):", file=file)
+    print("  " + " ".join(f"{h:>20}" for h in ["group.layer", *dets]), file=file)
+    for r in flagged:
+        cells = [f"{r['group']}.{r['layer']}"] + [f"{r.get(d, '-')}/{r['units']}" for d in dets]
+        print("  " + " ".join(f"{c:>20}" for c in cells), file=file)
+    print("agreement (mean over layers; per layer in brackets):", file=file)
+    for r in pairs:
+        print(f"  {r['detectors']}", file=file)
+        for k, v in r.items():
+            if k != "detectors":
+                print(f"    {k:>22}: {v}", file=file)
+
+
 def make_report(study: Any, out: str | Path) -> Path:
     """Figures and ``report.html`` for a finished penalty run in ``out``."""
     from polysdk.store import ActivationStore
@@ -314,5 +431,10 @@ def make_report(study: Any, out: str | Path) -> Path:
                               "dead": float(ds["frac_dead"].sel(layer=layer))})
     page.table(per_layer, "Polysemantic neurons per layer (ClassSelectivity)",
                left=["run", "layer"])
+    add_penalty_atlas(page, study, store, paths["out"], groups)
     page.config(study.record())
     return page.write(paths["report"])
+
+
+if __name__ == "__main__":   # python -m polysdk.studies.penalty_report RUN_FOLDER
+    print_atlas(sys.argv[1] if len(sys.argv) > 1 else "runs/penalty-soft-quick")

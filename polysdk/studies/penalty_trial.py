@@ -144,12 +144,16 @@ def run_trial(study: Any, alpha: float, mode: str, trial: int, progress: Any = F
          "left_p_value": ((), float(c["left_p_value"])),
          "shuffled_n_cut": (("shuffle",), c["shuffled_n_cut"].values),
          "cluster_label": (("node",), c["label"].values),
-         "train_seconds": ((), train_s), "cluster_seconds": ((), cluster_s)},
+         "train_seconds": ((), train_s), "cluster_seconds": ((), cluster_s),
+         # the trained network (every parameter, in model.parameters() order; see
+         # PenaltyStudy.trained_model): what the atlas's recording re-runs on the test set
+         "weights": (("param",), torch.nn.utils.parameters_to_vector(
+             model.parameters()).detach().cpu().numpy().astype(np.float32))},
         coords={"layer": list(cfg.layers), "class": np.arange(data.n_classes),
                 "unit": np.arange(width), "epoch": np.arange(len(hist)),
                 "shuffle": np.arange(c.sizes["shuffle"]), "node": c["node"].values,
                 "node_layer": (("node",), c["layer"].values)})
     ds.attrs.update(alpha=float(alpha), mode=str(mode), trial=int(trial), seed=int(seed),
                     dataset=cfg.dataset, epochs=cfg.resolved_epochs(),
-                    class_names=list(data.classes))
+                    class_names=list(data.classes), n_features=int(data.n_features))
     return ds
