@@ -203,7 +203,7 @@ def make_shapes(n_per_class: int = 200, size: int = 64, *,
 
     >>> d = make_shapes(4, size=32, looks=["red-plain-disc", "blue-dots-square"],
     ...                 merge=[], seed=1)
-    >>> d.images.shape, d.labels.tolist().count(1), sorted(set(d.factors["shape"]))
+    >>> d.images.shape, d.labels.tolist().count(1), sorted(set(d.factors["shape"].tolist()))
     ((8, 32, 32, 3), 4, ['disc', 'square'])
     """
     looks = tuple(str(x) for x in looks)
