@@ -59,7 +59,13 @@ def _check_study(name: str, obj: Any) -> None:
 #: ``polysdk.studies`` entry points of installed packages.
 STUDIES: Registry[type[Study]] = Registry(
     "study", group="polysdk.studies", check=_check_study,
-    builtins={"toy-models": "polysdk.studies.toy_models:ToyModelStudy"})
+    builtins={  # ours; also declared as entry points, which a built-in shadows
+        "toy-models": "polysdk.studies.toy_models:ToyModelStudy",
+        "penalty": "polysdk.studies.penalty:PenaltyStudy",
+        "alexnet-subnetworks": "polysdk.studies.alexnet:AlexNetStudy",
+        "solu-hunt": "polysdk.studies.solu_hunt:SoLUHuntStudy",
+        "relearning": "polysdk.studies.relearning:RelearningStudy",
+    })
 
 
 def register_study(cls: type[Study]) -> type[Study]:
