@@ -295,3 +295,45 @@ def test_example_script_runs_tiny(tmp_path, capsys) -> None:
     module["main"](out=str(tmp_path / "example"), tiny=True)
     printed = capsys.readouterr().out
     assert "features.10:" in printed and "report:" in printed
+
+
+@pytest.mark.slow
+def test_tiny_run_report_links_the_atlas_with_image_montages(tmp_path) -> None:
+    """The report maps the atlas on the recorded conv3-5 centres: a linked page with
+    every layer, precision / recall against the merged-class units, neuron pages whose
+    top examples are a montage of the images, and atlas=false leaves it out."""
+    import re
+
+    from polysdk.studies.alexnet_report import ATLAS_SUMMARY, print_atlas
+
+    out = tmp_path / "run"
+    report = AlexNetStudy(quick=True, **{**TINY, "n_candidates": 0, "atlas_pages": 2}).run(
+        out=out)
+    page = report.read_text()
+    assert '<a href="atlas.html">open the atlas page</a>' in page
+    assert "Detector agreement atlas" in page and "units flagged polysemantic" in page
+    atlas = (out / "atlas.html").read_text()
+    for layer in ("features.6", "features.8", "features.10"):
+        assert f"Site {layer}" in atlas
+    summary = json.loads((out / ATLAS_SUMMARY).read_text())
+    res = AlexNetStudy.load(out).results(out)
+    for layer, v in summary.items():
+        cl = res[f"alexnet/clusters/{layer}"]
+        assert v["truth"] == int(cl["two_looks"].values.sum())     # the merged-class units
+        # the atlas's HDBSCAN is the study's: it flags exactly the candidates
+        assert v["flagged"]["hdbscan"] == int((cl["n_clusters"].values >= 2).sum())
+        assert set(v["precision"]) == set(v["flagged"]) >= {"class_selectivity", "hdbscan"}
+    links = re.findall(r'href="(neurons/[^"]+\.html)"', atlas)
+    if links:   # the detectors disagree on some unit: its page shows the images
+        neuron = (out / links[0]).read_text()
+        assert "top-activating images" in neuron and "data:image/png;base64," in neuron
+        assert '<a href="../../atlas.html">' in neuron
+    import io
+
+    buf = io.StringIO()
+    print_atlas(out, file=buf)
+    assert "features.10" in buf.getvalue() and "hdbscan" in buf.getvalue()
+    off = AlexNetStudy.load(out, progress=False, atlas=False)
+    (out / "atlas.html").unlink()
+    assert "Left out of this report (atlas=false)" in off.make_report(out).read_text()
+    assert not (out / "atlas.html").exists()

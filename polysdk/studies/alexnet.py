@@ -30,7 +30,10 @@ Resume units (results in ``<out>/results.zarr``), each redone alone after a kill
   contrastive, labels as they are and swapped), ``/control`` (cluster A again, another
   seed) and ``/compare`` (ActGrad / SNIP / FORCE at the same kept count, the unit's
   activations through every circuit, AUCs, mask overlaps, the preservation ladder);
-* then ``alexnet/summary``. The report is :mod:`polysdk.studies.alexnet_report`.
+* then ``alexnet/summary``. The report is :mod:`polysdk.studies.alexnet_report`; it
+  also maps the detector agreement atlas (:mod:`polysdk.atlas`) on the recorded centre
+  activations of ``layers`` (``atlas=false`` leaves it out; ``atlas_pages``: neuron
+  pages per layer), with the merged-class units as the truth.
 """
 
 from __future__ import annotations
@@ -124,6 +127,10 @@ class AlexNetConfig:
     seed: int = 0
     threads: int | str | None = "auto"
     trace: str = ""                # runtime: a file each unit's start is appended to
+    # report only (they change no result): the detector agreement atlas on the recorded
+    # centre activations, and its neuron pages per layer (the most disputed units)
+    atlas: bool = True
+    atlas_pages: int = 10
 
     def __post_init__(self) -> None:
         def setter(k: str, v: Any) -> None:
@@ -167,6 +174,8 @@ class AlexNetConfig:
             raise ConfigError(f"holdout={self.holdout} must be in [0, 0.9).")
         if int(self.n_candidates) < 0 or int(self.cs_epochs) < 1:
             raise ConfigError("need n_candidates >= 0 and cs_epochs >= 1.")
+        if int(self.atlas_pages) < 0:
+            raise ConfigError(f"atlas_pages={self.atlas_pages} must be >= 0.")
 
     def n_images(self) -> int | None:
         """Images of the embedded set (None on the real path)."""
@@ -213,7 +222,7 @@ class AlexNetStudy(Study[AlexNetConfig]):
     Config = AlexNetConfig
     presets = PRESETS
     default_preset = "default"
-    runtime_fields = ("threads", "trace")
+    runtime_fields = ("threads", "trace", "atlas", "atlas_pages")
 
     def __init__(self, config: AlexNetConfig | str | None = "default", **kwargs: Any) -> None:
         super().__init__(config, **kwargs)

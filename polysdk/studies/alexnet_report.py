@@ -6,11 +6,26 @@ a montage, histograms, densities per layer, the overlap table and the ladder.
 
 ``summarize`` (the study's ``alexnet/summary`` result) gathers one row per candidate
 and the detection numbers per layer, which the headline block and docs/results.md use.
+
+The report also maps the detector agreement atlas (:func:`polysdk.atlas.add_atlas`)
+on the recorded centre activations of every layer (labels: the class), with the
+study's own HDBSCAN settings (``top_k``, ``min_cluster_size``: its flagged units are
+the candidates) and, on the embedded set, the merged-class units as the truth
+(``two_looks`` of ``alexnet/clusters/<layer>``: the unit's top images are mostly one
+merged class and both of its looks hold >= ``minor_share`` of them), so each detector
+gets a precision and recall. Neuron pages show the top images as a montage (regenerated
+from the seed, only the shown ones are drawn); each candidate gets one with its circuits'
+AUCs as the interventions. ``<out>/atlas.html``, numbers in ``<out>/atlas_summary.json``;
+print them:
+
+    .venv/bin/python -m polysdk.studies.alexnet_report runs/alexnet-quick
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +36,11 @@ from polysdk.reporting import Finding, ReportPage, fmt, new_figure
 from polysdk.reporting.montage import montage_figure
 
 __all__ = ["make_report", "summarize", "detection_rows", "plot_histograms",
-           "plot_densities", "plot_ladder"]
+           "plot_densities", "plot_ladder", "atlas_truth", "atlas_summary",
+           "add_alexnet_atlas", "print_atlas", "ATLAS_SUMMARY"]
+
+#: the atlas numbers of a run, beside its report
+ATLAS_SUMMARY = "atlas_summary.json"
 
 def _at(obj: Any, dim: str, name: Any) -> Any:
     """``obj.isel({dim: position of name})`` (string labels are looked up by hand: a
@@ -314,6 +333,187 @@ def headline(study: Any, res: dict[str, xr.Dataset], summary: xr.Dataset) -> lis
     return rows
 
 
+# ----------------------------------------------------------------------------- atlas
+def atlas_truth(res: dict[str, xr.Dataset]) -> dict[str, np.ndarray]:
+    """{layer: one bool per unit} of the merged-class units (``two_looks`` of the
+    layer's clusters: the modal class of the unit's top images is a merged class holding
+    >= half of them, and the smaller of its looks holds >= ``minor_share`` of the class's
+    top images); empty on the real path (no generating factors)."""
+    out = {}
+    for name, ds in res.items():
+        if name.startswith("alexnet/clusters/") and "two_looks" in ds:
+            out[str(ds.attrs.get("layer", name.rsplit("/", 1)[1]))] = \
+                ds["two_looks"].values.astype(bool)
+    return out
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or not np.isfinite(float(x)) else round(float(x), 4)
+
+
+def atlas_summary(atlases: list[Any]) -> dict[str, Any]:
+    """Per atlas site: units, flagged per detector, precision / recall against the
+    merged-class truth (when there is one), each detector pair's Jaccard and Spearman,
+    the skipped detectors and the page; NaN is written as None."""
+    out: dict[str, Any] = {}
+    for atlas in atlases:
+        for site, ds in atlas.results_.items():
+            names = [str(d) for d in ds["detector"].values]
+            row: dict[str, Any] = {
+                "units": int(ds.sizes["unit"]), "inputs": int(ds.attrs.get("n_inputs", 0)),
+                "page": Path(str(getattr(atlas, "page_", ""))).name,
+                "flagged": {n: int(ds["n_flagged"].values[j]) for j, n in enumerate(names)}}
+            if "truth" in ds:
+                row["truth"] = int(ds["truth"].values.sum())
+                row["precision"] = {n: _num(ds["precision"].values[j])
+                                    for j, n in enumerate(names)}
+                row["recall"] = {n: _num(ds["recall"].values[j]) for j, n in enumerate(names)}
+            row["pairs"] = {f"{names[i]} & {names[j]}": {
+                "jaccard": _num(ds["jaccard"].values[i, j]),
+                "spearman": _num(ds["spearman"].values[i, j])}
+                for i in range(len(names)) for j in range(i + 1, len(names))}
+            row["skipped"] = sorted(json.loads(ds.attrs.get("skipped_json", "{}")))
+            out[site] = row
+    return out
+
+
+def atlas_tables(summary: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(per layer and detector: flagged, precision, recall; per detector pair: Jaccard /
+    Spearman per layer)."""
+    flagged = []
+    for site, v in summary.items():
+        for det, n in v["flagged"].items():
+            row: dict[str, Any] = {"layer": site, "detector": det, "flagged": f"{n} / {v['units']}"}
+            if "truth" in v:
+                row["truth units"] = v["truth"]
+                row["precision"] = v["precision"][det]
+                row["recall"] = v["recall"][det]
+            flagged.append(row)
+    pairs = list(dict.fromkeys(p for v in summary.values() for p in v["pairs"]))
+    rows = []
+    for pair in pairs:
+        row = {"detectors": pair}
+        for site, v in summary.items():
+            got = v["pairs"].get(pair, {})
+            row[site] = "/".join("n/a" if got.get(k) is None else f"{got[k]:.2f}"
+                                 for k in ("jaccard", "spearman"))
+        rows.append(row)
+    return flagged, rows
+
+
+class _Images:
+    """Image ``i`` of the study's set for a neuron page, drawn when asked (the set is
+    regenerated from the seed once, and only the shown images are converted)."""
+
+    def __init__(self, study: Any) -> None:
+        self.study = study
+
+    def __call__(self, i: int) -> np.ndarray:
+        return self.study.data().display([int(i)])[0]
+
+
+def _group_store(out: Path, group: dict[str, Any]) -> Path:
+    """A recording's store: in this run folder when it is there (the recorded path is
+    relative to where the run was started)."""
+    here = out / "activations" / Path(group["store"]).name
+    return here if (here / "zarr.json").exists() else Path(group["store"])
+
+
+def _candidate_effects(cmp: xr.Dataset) -> dict[str, Any]:
+    """The circuits of a candidate as its neuron page's interventions."""
+    out = {}
+    for c, a, t in zip(cmp["circuit"].values, cmp["auc_test"].values, cmp["auc_train"].values):
+        out[f"circuit {c} (masked weights)"] = {"AUC own cluster vs other, held-out": float(a),
+                                                "AUC, train": float(t)}
+    return out
+
+
+def add_alexnet_atlas(page: Any, study: Any, res: dict[str, xr.Dataset], out: Path
+                      ) -> tuple[list[Any], dict[tuple[str, int], str]]:
+    """The atlas section of the report (see the module docstring): one atlas page per
+    recording store (``atlas.html``; ``atlas-box<i>.html`` when the layers' centres
+    needed several passes), the summary tables, ``<out>/atlas_summary.json``, and a
+    neuron page per candidate. Returns the atlases and {(layer, unit): page}."""
+    from polysdk.atlas import add_atlas, neuron_page_path, write_neuron_page
+    from polysdk.store import ActivationStore
+
+    cfg = study.config
+    record = res.get("alexnet/record")
+    if not cfg.atlas:
+        page.section("Detector agreement atlas", "Left out of this report (atlas=false); the "
+                     "recorded centre activations are in <out>/activations: polysdk atlas "
+                     "STORE --site LAYER maps them.")
+        return [], {}
+    if record is None:
+        page.section("Detector agreement atlas", "Nothing recorded yet (alexnet/record).")
+        return [], {}
+    groups = json.loads(record.attrs["groups"])
+    truth = atlas_truth(res)
+    images = _Images(study)
+    atlases = []
+    for gi, g in enumerate(groups):
+        sites = [s for s in g["layers"] if s in cfg.layers]
+        if not sites:
+            continue
+        name = "atlas.html" if len(groups) == 1 else f"atlas-box{gi}.html"
+        store = ActivationStore(_group_store(out, g), mode="r")
+        site_truth = {s: truth[s] for s in sites if s in truth} or None
+        atlases.append(add_atlas(
+            page, store, out, sites=sites, name=name, truth=site_truth, images=images,
+            pages=int(cfg.atlas_pages),
+            params={"hdbscan": {"top_k": int(cfg.top_k),
+                                "min_cluster_size": int(cfg.min_cluster_size)}}))
+    summary = atlas_summary(atlases)
+    (out / ATLAS_SUMMARY).write_text(json.dumps(summary, indent=1))
+    flagged, pairs = atlas_tables(summary)
+    what = ("; truth: the units serving both looks of a merged class (two_looks)"
+            if truth else "")
+    page.table(flagged, "Atlas: units flagged polysemantic by each detector on the centre "
+               f"activations of every image (labels: the class; hdbscan with the study's "
+               f"top_k {cfg.top_k}, min_cluster_size {cfg.min_cluster_size}: its flagged "
+               f"units are the candidates{what}; numbers in {ATLAS_SUMMARY})",
+               left=("layer", "detector"))
+    page.table(pairs, "Atlas: agreement per detector pair and layer, Jaccard of the flagged "
+               "sets / Spearman of the scores (n/a: a constant score)", left=("detectors",))
+    links: dict[tuple[str, int], str] = {}
+    by_site = {s: a for a in atlases for s in a.results_}
+    for i in range(study.n_slots()):
+        cmp = res.get(f"alexnet/cand{i}/compare")
+        if cmp is None or "empty" in cmp or cmp.attrs["layer"] not in by_site:
+            continue
+        layer, unit = str(cmp.attrs["layer"]), int(cmp.attrs["unit"])
+        atlas = by_site[layer]
+        rel = neuron_page_path(layer, unit)
+        back = os.path.relpath(Path(atlas.page_), (out / rel).parent)
+        write_neuron_page(out / rel, atlas.source, unit, site=layer, atlas=atlas,
+                          images=images, interventions=_candidate_effects(cmp),
+                          atlas_href=back)
+        links[(layer, unit)] = rel
+    return atlases, links
+
+
+def print_atlas(out: str | Path, file: Any = None) -> None:
+    """Print a run's atlas numbers (``<out>/atlas_summary.json``, written by the report)."""
+    path = Path(out) / ATLAS_SUMMARY
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: write the report first "
+                                f"(polysdk report {out}).")
+    summary = json.loads(path.read_text())
+    file = file or sys.stdout
+    flagged, pairs = atlas_tables(summary)
+    for site, v in summary.items():
+        t = f", truth {v['truth']} units" if "truth" in v else ""
+        print(f"{site}: {v['units']} units, {v['inputs']} images{t} ({v['page']})", file=file)
+    print("flagged (precision / recall against the truth):", file=file)
+    for r in flagged:
+        pr = (f"  P {r['precision']}  R {r['recall']}" if "precision" in r else "")
+        print(f"  {r['layer']:>12} {r['detector']:>20} {r['flagged']:>9}{pr}", file=file)
+    print("Jaccard / Spearman per layer:", file=file)
+    for r in pairs:
+        print(f"  {r['detectors']:>42}  " + "  ".join(f"{k} {v}" for k, v in r.items()
+                                                      if k != "detectors"), file=file)
+
+
 # ----------------------------------------------------------------------------- page
 def make_report(study: Any, out: str | Path) -> Path:
     """Figures and ``report.html`` of a finished run in ``out``."""
@@ -361,6 +561,7 @@ def make_report(study: Any, out: str | Path) -> Path:
     page.table(detection_rows(study, res),
                "Detection per layer (ARI: median over the candidates' clusters vs each "
                "generating factor; merged_look_units: ground truth)")
+    _, neuron_links = add_alexnet_atlas(page, study, res, out)
     for i in range(study.n_slots()):
         cmp = res.get(f"alexnet/cand{i}/compare")
         if cmp is None or "empty" in cmp:
@@ -382,6 +583,10 @@ def make_report(study: Any, out: str | Path) -> Path:
                      f"subnetworks keep {fmt(100 * cmp.attrs['density_a'])}% (A) and "
                      f"{fmt(100 * cmp.attrs['density_b'])}% (B) of {cmp.attrs['n_weights']} "
                      f"conv weights.{truth}")
+        if (layer, unit) in neuron_links:
+            href = neuron_links[(layer, unit)]
+            page._parts.append(f'<p><a href="{href}">neuron page of {layer} unit {unit}</a> '
+                               "(its verdict under every detector, top images, circuits)</p>")
         tag = f"cand{i}_{layer}_{unit}"
         page.figure(_montage(study, cl, unit, cmp),
                     f"{layer} unit {unit}: top images per cluster, best first (caption: "
@@ -426,3 +631,7 @@ def make_report(study: Any, out: str | Path) -> Path:
                left=("unit",))
     page.config(study.record())
     return page.write(paths["report"])
+
+
+if __name__ == "__main__":   # python -m polysdk.studies.alexnet_report RUN_FOLDER
+    print_atlas(sys.argv[1] if len(sys.argv) > 1 else "runs/alexnet-quick")
