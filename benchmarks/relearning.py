@@ -14,7 +14,9 @@ sentences, with the study's pruning attached against without:
 
 The cases are interleaved over ``--repeat`` rounds of ``--steps`` steps after a warm-up
 round; each figure is the best round (the machine may be shared), with the median
-beside it.
+beside it, and the median process CPU time per step (with one torch thread the CPU
+time a step takes is the work it does, whatever else the machine runs: on a busy
+machine it is the figure to read).
 
 Part 2, ``quick`` (``--quick``): ``RelearningStudy(quick=True)`` end to end in a
 temporary folder, its wall time, and where the time went (training, F1 evaluation,
@@ -91,6 +93,7 @@ def bench_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     cases = ["bare", "layernorm, kept at zero", "activation mask", "regrow"]
     times: dict[str, list[float]] = {c: [] for c in cases}
+    cpu: dict[str, list[float]] = {c: [] for c in cases}
     model.train()
     for rnd in range(args.repeat + 1):
         for case in cases:
@@ -99,22 +102,25 @@ def bench_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
             for m in ms:
                 m.attach()
             try:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(args.steps):
                     step()
                 dt = (time.perf_counter() - t0) / args.steps
+                dc = (time.process_time() - c0) / args.steps
             finally:
                 for m in reversed(ms):
                     m.detach()
             if rnd:   # round 0 warms up
                 times[case].append(dt)
-    best0 = min(times["bare"])
-    med0 = statistics.median(times["bare"])
+                cpu[case].append(dc)
+    best0, med0 = min(times["bare"]), statistics.median(times["bare"])
+    cpu0 = statistics.median(cpu["bare"])
     rows = []
     for case in cases:
-        b, m = min(times[case]), statistics.median(times[case])
+        b, m, c = min(times[case]), statistics.median(times[case]), statistics.median(cpu[case])
         rows.append({"case": case, "best s/step": b, "ratio (best)": b / best0,
-                     "median s/step": m, "ratio (median)": m / med0})
+                     "median s/step": m, "ratio (median)": m / med0,
+                     "median CPU s/step": c, "ratio (CPU)": c / cpu0})
     return rows
 
 

@@ -255,7 +255,7 @@ def headline_findings(summary: Any) -> list[Finding]:
         fr = _val(summary).sel(arm="random").values
         fc = _val(summary, metric=tag).sel(arm="random").values
         rows.append(Finding(
-            "Pruning as many random neurons costs less (control)",
+            "Pruning as many random neurons instead (control): is the collapse specific?",
             run=(f"random: F1 {fr[0]:.3f} just pruned ({tag} {fc[0]:.3f}) vs {f1[0]:.3f} for "
                  "the concept's neurons"),
             seed="no random control (the original's 'random' arm was not random)"))
