@@ -39,7 +39,7 @@ def pieces_to_words(acts: np.ndarray, sample: np.ndarray, position: np.ndarray,
     >>> a = np.array([[0.], [1.], [3.], [5.], [0.]])
     >>> w, key = pieces_to_words(a, np.zeros(5, int), np.arange(5), [[-1, 0, 0, 1, -1]])
     >>> w.ravel().tolist(), key.tolist()
-    [2.0, 5.0], [[0, 0], [0, 1]]
+    ([2.0, 5.0], [[0, 0], [0, 1]])
     """
     wid = np.array([word_ids[s][p] for s, p in zip(sample.tolist(), position.tolist())],
                    dtype=np.int64)
