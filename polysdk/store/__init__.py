@@ -29,7 +29,12 @@ imported by this package). ``bfloat16`` has no numpy dtype and is stored as
 ``float32`` (exact), the site's ``activation`` carrying ``source_dtype='bfloat16'``;
 ``float16`` is stored as ``float16``.
 
-One writer at a time per store; readers may be many.
+One appender at a time per store; readers may be many. On a local store several
+processes may write results (``write_result``) meanwhile: commits hold an ``flock``.
+
+Object storage: ``ActivationStore("s3://bucket/run.zarr", storage_options={...})``
+(any fsspec URL) writes through zarr's ``FsspecStore`` with the same commit record,
+written last in one PUT (see ``_remote``); one writer per remote store.
 """
 
 from polysdk.store._layout import DEFAULT_CODEC

@@ -13,6 +13,7 @@ from typing import Any
 
 from polysdk.errors import ConfigError, StoreError
 from polysdk.store import _layout as L
+from polysdk.store import _commit as C
 from polysdk.store import _remote as REMOTE
 from polysdk.store._commit import CommitLog
 from polysdk.store._remote import RemotePath
@@ -27,6 +28,13 @@ def _version(pkg: str) -> str | None:
         return _md.version(pkg)
     except _md.PackageNotFoundError:
         return None
+
+
+def exists(p: Path | RemotePath) -> bool:
+    """Whether ``p`` holds a store or anything else (``mode="a"`` creates otherwise)."""
+    if isinstance(p, RemotePath):
+        return (p / L.ROOT_META).exists() or p.has_objects()
+    return (p / L.ROOT_META).exists() or (p.exists() and (not p.is_dir() or any(p.iterdir())))
 
 
 def create(p: Path, mode: str, attrs: Mapping[str, Any] | None, chunk_samples: int | None,
@@ -60,10 +68,14 @@ def create(p: Path, mode: str, attrs: Mapping[str, Any] | None, chunk_samples: i
         "bfloat16": "stored as float32; that activation has attr source_dtype='bfloat16'",
     }
     log = CommitLog(p, doc)
+    if not isinstance(p, RemotePath):
+        log.writers = C.Held(C.writers_lock(p)[0])
     try:
         log.commit(0, [])
-    except FileNotFoundError as err:  # e.g. S3: the bucket does not exist
-        if not isinstance(p, RemotePath):
+    except BaseException as err:
+        if log.writers is not None:
+            log.writers.release()
+        if not isinstance(err, FileNotFoundError) or not isinstance(p, RemotePath):
             raise
         raise StoreError(f"cannot create the store {str(p)!r}: {err}; does the bucket "
                          "exist?") from err
@@ -113,11 +125,21 @@ def load(p: Path, mode: str, attrs: Mapping[str, Any] | None,
     if chunk_samples is not None and not schema.sites and mode != "r":
         # no site fixed yet: the first batch will use this value
         doc["polysdk"] = {**doc.get("polysdk", {}), "chunk_samples": chunk_samples}
-    log = CommitLog(p, doc, int(doc.get("n_samples", 0)), list(schema.sites))
+    log = CommitLog(p, doc, int(doc.get("n_samples", 0)), list(schema.sites), stored_attrs=rec[0])
     if remote:
         p.root.token = rec[0].get(REMOTE.TOKEN)
-    if mode == "a":
-        _repair_remote(log, schema, meta) if remote else _repair(log, schema)
+    if mode == "a" and remote:
+        _repair_remote(log, schema, meta)
+    elif mode == "a":
+        fd, alone = C.writers_lock(p)
+        log.writers = C.Held(fd)
+        if alone:  # no other writer: what the record does not hold is garbage
+            try:
+                _repair(log, schema)
+                C.share_lock(fd)
+            except BaseException:
+                log.writers.release()  # never left held by a traceback
+                raise
     return log, schema
 
 
@@ -137,7 +159,13 @@ def _check_chunk_samples(p: Path, schema: Schema, chunk_samples: int | None) -> 
 
 
 def _repair(log: CommitLog, schema: Schema) -> None:
-    """Drop everything not in the commit record (an interrupted run's tail)."""
+    """Drop everything not in the commit record (an interrupted run's tail).
+
+    Only while no other writer has the store open (``_commit.writers_lock``): another
+    process's uncommitted rows and staged results are not garbage. Skipped otherwise,
+    which is safe: rows past the record are overwritten by the next appends and never
+    shown, staged leftovers are deleted by a later repair.
+    """
     import zarr
 
     p, n = log.root, log.n

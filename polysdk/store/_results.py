@@ -54,7 +54,7 @@ def write_result(log: CommitLog, name: str, ds: Any, attrs: Mapping[str, Any] | 
         warnings.simplefilter("ignore")
         out.to_zarr(stage, mode="w", consolidated=False, zarr_format=3)
     target = root / L.RESULTS / name
-    with log.lock:
+    with log.exclusive():  # other processes' commits wait (see CommitLog.exclusive)
         parts = name.split("/")
         for i in range(len(parts)):  # the groups above the result
             parent = root.joinpath(L.RESULTS, *parts[:i])

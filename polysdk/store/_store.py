@@ -122,7 +122,7 @@ class ActivationStore:
         self._closed = False
         self._schema = Schema()  # fixed by the first batch
         self._log: CommitLog  # the committed state (rows, attrs, ledger), set just below
-        if mode == "a" and not self._exists():
+        if mode == "a" and not O.exists(self.path):
             mode = "w-"  # append to a store that does not exist yet: create it
         if mode in ("w", "w-"):
             self._log = O.create(self.path, self.mode, attrs, self.chunk_samples, codec)
@@ -130,9 +130,14 @@ class ActivationStore:
             self._log, self._schema = O.load(self.path, self.mode, attrs, self.chunk_samples)
         if mode != "r":
             sites = list(self._schema.sites)
-            self._writer = Writer(
-                self.path, self._log.n, sites, self._log, max_queue, float(commit_interval)
-            )
+            try:
+                self._writer = Writer(
+                    self.path, self._log.n, sites, self._log, max_queue, float(commit_interval)
+                )
+            except BaseException:
+                if self._log.writers is not None:
+                    self._log.writers.release()
+                raise
             if not sites and L.is_auto(self._codec) and not self._remote:
                 # measured while the model computes the first batch, not after it
                 self._writer.call_soon(self._disk_speed)
@@ -143,15 +148,6 @@ class ActivationStore:
         )
 
     # ------------------------------------------------------------------ open / create
-    def _exists(self) -> bool:
-        """Whether ``path`` holds a store or anything else (``mode="a"`` creates otherwise)."""
-        p = self.path
-        if isinstance(p, RM.RemotePath):
-            return (p / L.ROOT_META).exists() or p.has_objects()
-        return (p / L.ROOT_META).exists() or (
-            p.exists() and (not p.is_dir() or any(p.iterdir()))
-        )
-
     def _site_codec(self, first_batch: np.ndarray) -> tuple[Any, str | None]:
         """(compressors, note) of a new site; ``"auto"`` is decided by the writer thread."""
         if L.is_auto(self._codec):
@@ -276,7 +272,11 @@ class ActivationStore:
             return
         self._closed = True
         if self._writer is not None:
-            self._writer.stop()
+            try:
+                self._writer.stop()
+            finally:
+                if self._log.writers is not None:
+                    self._log.writers.release()
             self._raise_writer_error()
 
     def __enter__(self) -> ActivationStore:

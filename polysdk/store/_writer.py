@@ -137,6 +137,7 @@ class Writer:
         self._committed = start
         self._ready = start  # written whole batches, not yet committed beyond _committed
         self._new_sites = False  # created but not yet in the commit record
+        self._wrote: set[str] = set()  # sites this writer wrote rows of
         for site in sites:
             self._arrays[site] = Z.open_site(self.root / site, self._files)
             self._pending[site], self._pending_n[site] = [], 0
@@ -188,6 +189,8 @@ class Writer:
         trimming makes each array's metadata exact too (for non-consolidated readers).
         """
         for site, arrays in self._arrays.items():
+            if site not in self._wrote:  # another process may be growing them
+                continue
             for arr in arrays.values():
                 if arr.length != self._written[site]:
                     arr.resize(self._written[site])
@@ -258,6 +261,7 @@ class Writer:
                 ahead = max(stop, 2 * arr.length, 64 * chunk) if arr.grow_ahead else stop
                 arr.resize(-(-ahead // chunk) * chunk)
             arr.write(start, [p[name] for p in pieces], k)
+        self._wrote.add(site)
         self._pending[site] = _drop_samples(pieces, k)
         self._pending_n[site] -= k
         self._written[site] = stop
