@@ -89,6 +89,30 @@ def test_results_and_report(tiny_run):
     assert (out / "tokens" / "solu.zarr").exists()
 
 
+def test_report_links_the_atlas_of_each_model(tiny_run):
+    study, out, report = tiny_run
+    page = report.read_text()
+    assert "Detector agreement atlas" in page and "Atlas against the study" in page
+    summary = json.loads((out / "atlas_summary.json").read_text())
+    assert list(summary) == ["solu", "gelu", "planted"]
+    res = study.results(out)
+    for m in ("solu", "gelu"):
+        assert f'href="atlas/{m}/atlas.html"' in page
+        atlas_page = (out / "atlas" / m / "atlas.html").read_text()
+        assert "Detector agreement atlas" in atlas_page and "concept_sets" in atlas_page
+        assert sorted(summary[m]) == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]
+        ds = res[f"{m}/analyse"]
+        for site, s in summary[m].items():
+            assert "concept_sets" in s["flagged"] and "dictionary_features" in s["flagged"]
+            assert s["params"]["concept_sets"]["exactly"] == 2          # the study's rule
+            layer = ds["layer"].values == s["layer"]
+            assert s["study"]["candidate"]["n"] == int(ds["candidate"].values[layer].sum())
+        pages = list((out / "atlas" / m / "neurons").rglob("unit-*.html"))
+        assert pages and "atlas.html" in pages[0].read_text()           # links back
+    assert list(summary["planted"]) == ["blocks.1.mlp.hook_post"]
+    assert set(summary["planted"]["blocks.1.mlp.hook_post"]["planted_units"]) == {"0", "1"}
+
+
 def test_padding_never_counts_and_texts_are_cut_with_a_warning(tiny_run, tmp_path):
     study = tiny_run[0]
     model, tok, sites, kind, _ = study.model_for("solu")

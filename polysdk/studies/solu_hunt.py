@@ -28,7 +28,10 @@ Resume units (results in ``<out>/results.zarr``; per-token stores in
 ``<out>/tokens/<model>.zarr``): ``twins/tokenizer``, ``twins/<act>/train`` (weights and
 loss curve), ``<model>/record``, ``<model>/analyse``, ``planted/analyse`` (the SoLU
 twin with two planted neurons: one on Fortran and medical content tokens, one on "."
-only), then ``solu_hunt/summary``. The report: :mod:`polysdk.studies.solu_hunt_report`.
+only), then ``solu_hunt/summary``. The report: :mod:`polysdk.studies.solu_hunt_report`;
+it maps each model's per-token store with the detector agreement atlas
+(:mod:`polysdk.studies.solu_hunt_atlas`; ``atlas=false`` leaves it out, ``atlas_pages``
+sets the neuron pages per site, ``atlas_dictionary_width`` caps the dictionary's size).
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ class SoLUHuntConfig:
     threads: int | str | None = "auto"
     trace: str | None = None
     pause: float = 0.0
+    # the report's detector agreement atlas (report only; :mod:`.solu_hunt_atlas`)
+    atlas: bool = True
+    atlas_pages: int = 5
+    atlas_dictionary_width: int | None = 1536
 
     def __post_init__(self) -> None:
         from polysdk.data.corpora import PRESET_TOPICS
@@ -104,6 +111,12 @@ class SoLUHuntConfig:
                               "use n_texts >= 1 (or none for the preset's).")
         if int(self.exactly) < 1:
             raise ConfigError(f"exactly={self.exactly} must be >= 1 (the seed used 2).")
+        if int(self.atlas_pages) < 0:
+            raise ConfigError(f"atlas_pages={self.atlas_pages} must be >= 0 (neuron pages "
+                              "per site on each atlas page).")
+        if self.atlas_dictionary_width is not None and int(self.atlas_dictionary_width) < 1:
+            raise ConfigError(f"atlas_dictionary_width={self.atlas_dictionary_width} must be "
+                              ">= 1 (or none: 4 x the site's units).")
         if not 0 < float(self.shallow_share) <= 1:
             raise ConfigError(f"shallow_share={self.shallow_share} must be in (0, 1].")
         for name in ("narrow_require", "narrow_exclude"):
@@ -165,7 +178,8 @@ class SoLUHuntStudy(Study[SoLUHuntConfig]):
     Config = SoLUHuntConfig
     presets = PRESETS
     default_preset = "seed-run-2"
-    runtime_fields = ("batch_texts", "threads", "trace", "pause")
+    runtime_fields = ("batch_texts", "threads", "trace", "pause", "atlas", "atlas_pages",
+                      "atlas_dictionary_width")
 
     def __init__(self, config: SoLUHuntConfig | str | None = "seed-run-2", **kw: Any) -> None:
         super().__init__(config, **kw)

@@ -7,6 +7,9 @@ and model, the verdict table with its evidence, heat maps, the twins compared.
 Every candidate gets a neuron page (``neurons/<model>/L<l>N<u>.html``: verdict,
 evidence, its set table, top-activating texts and tokens, heat maps of every text);
 the report shows the heat maps of the first candidates of each verdict inline.
+Then the detector agreement atlas of every model's per-token store
+(:mod:`polysdk.studies.solu_hunt_atlas`: ``atlas/<model>/atlas.html``, the agreement
+heat maps, the study's verdicts against the detectors, ``atlas_summary.json``).
 """
 
 from __future__ import annotations
@@ -303,5 +306,8 @@ def make_report(study: Any, out: str | Path) -> Path:
                   "activation over every set; below 0 white to blue); two texts per set "
                   "here, all of them on the neuron pages.")
     page.raw("\n".join(inline) or "<p>(no candidates)</p>")
+    from polysdk.studies.solu_hunt_atlas import add_solu_atlas
+
+    add_solu_atlas(page, study, out, store=store)
     page.config(study.record())
     return page.write(paths["report"])
