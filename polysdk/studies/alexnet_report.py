@@ -423,7 +423,8 @@ def _candidate_effects(cmp: xr.Dataset) -> dict[str, Any]:
     """The circuits of a candidate as its neuron page's interventions."""
     out = {}
     for c, a, t in zip(cmp["circuit"].values, cmp["auc_test"].values, cmp["auc_train"].values):
-        out[f"circuit {c} (masked weights)"] = {"AUC own cluster vs other, held-out": float(a),
+        how = "the whole model" if str(c) == "original" else "masked weights"
+        out[f"circuit {c} ({how})"] = {"AUC own cluster vs other, held-out": float(a),
                                                 "AUC, train": float(t)}
     return out
 
