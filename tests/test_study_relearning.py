@@ -16,7 +16,7 @@ from polysdk.studies.relearning_run import checkpoint_path
 
 TINY = dict(model="tiny-bert", n_train=24, n_val=12, n_test=8, base_epochs=1, rounds=2,
             epochs_per_round=1, batch_size=8, learning_rate=1e-3, probe_max_iter=10,
-            threads=1, progress=False)
+            threads=1, progress=False, atlas=False)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,23 @@ def test_units_results_and_report(tiny_run):
     page = report.read_text()
     assert "Headline findings" in page and page.count("data:image/png;base64,") == 6
     assert "0.936" in page and "0.914" in page              # the seed's numbers beside ours
+
+
+@pytest.mark.slow
+def test_report_links_the_atlas_of_base_and_last_round(tmp_path):
+    out = tmp_path / "run"
+    report = RelearningStudy(**{**TINY, "atlas": True, "atlas_pages": 2, "arms": "zero,regrow",
+                                "rounds": 1}).run(out=out)
+    page = report.read_text()
+    assert "Detector agreement atlas" in page and 'href="atlas.html"' in page
+    store = ActivationStore(out / "atlas.zarr", mode="r")
+    assert sorted(store.sites) == ["base", "regrow_round_1"]     # regrow first, its last round
+    acts = store["base"]
+    assert acts.sizes["unit"] == 48 and "label" in acts.coords
+    assert "O" in set(acts["label"].values.tolist())
+    atlas = (out / "atlas.html").read_text()
+    assert "Site base" in atlas and "Site regrow_round_1" in atlas
+    assert (out / "atlas_summary.json").exists()
 
 
 @pytest.mark.slow

@@ -71,6 +71,9 @@ class RelearningConfig:
     already fine-tuned token classifier. ``prune_count`` (when set) overrides
     ``prune_fraction``. ``threads`` (torch threads, None: torch's default) and
     ``keep_checkpoints`` (every round's, not only the latest) do not change results;
+    nor do ``atlas`` (the report maps the detector agreement atlas on the residual
+    stream of the base and of one arm's last round, recorded from the checkpoints) and
+    ``atlas_pages`` (neuron pages per site on the atlas page);
     ``threads="auto"`` is 1 when the CPU is busier than its cores (measured here: two
     torch threads on a shared 2-core machine ran a MiniLM step ~10x slower than one).
 
@@ -109,6 +112,8 @@ class RelearningConfig:
     seed: int = 0
     threads: int | str | None = "auto"
     keep_checkpoints: bool = False
+    atlas: bool = True
+    atlas_pages: int = 10
 
     def __post_init__(self) -> None:
         arms = tuple(self.arms) if not isinstance(self.arms, str) else \
@@ -192,7 +197,7 @@ class RelearningStudy(Study[RelearningConfig]):
     Config = RelearningConfig
     presets = PRESETS
     default_preset = "location"
-    runtime_fields = ("threads", "keep_checkpoints")
+    runtime_fields = ("threads", "keep_checkpoints", "atlas", "atlas_pages")
 
     def __init__(self, config: RelearningConfig | str | None = "location", **kwargs: Any
                  ) -> None:

@@ -10,6 +10,13 @@ round; where the concept's top neurons are after retraining (regrown pruned neur
 others); polysemantic counts per layer and round; concept similarity of the top words
 before and after. The seed's own run is the ``regrow`` arm (its code let the pruned
 weights regrow); ``zero`` is the method as intended, ``random`` the control.
+
+With ``atlas`` (default on) the report also maps the detector agreement atlas
+(:func:`polysdk.atlas.add_atlas`) on the word-level residual stream (all layers side
+by side, labels: each word's entity type) of the base model and of one arm's last round
+(``regrow`` when run), recorded from the checkpoints into ``<out>/atlas.zarr``:
+``<out>/atlas.html`` with its neuron pages, numbers in ``<out>/atlas_summary.json``.
+Print them: ``python -m polysdk.studies.relearning_report runs/relearning-quick``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from polysdk.studies.relearning import SEED_NUMBERS
 
 __all__ = ["make_report", "headline_findings", "plot_f1", "plot_saliency_maps",
            "plot_layer_saliency", "plot_where", "plot_polysemantic", "plot_similarity",
-           "centre_of_mass"]
+           "centre_of_mass", "add_relearning_atlas"]
 
 PAPER = "Lo, Cohen & Barez 2024 (seed 004)"
 ARM_COLORS = {"zero": "C0", "regrow": "C3", "random": "C7"}
@@ -300,6 +307,38 @@ def _top_word_rows(base: Any, ds: Any, tag: str, n: int = 12) -> list[dict[str, 
     return rows
 
 
+def add_relearning_atlas(page: Any, study: Any, out: Path) -> Any:
+    """The atlas section (see the module docstring); None when left out or when the run
+    kept no checkpoint to record from."""
+    from polysdk.atlas import add_atlas
+    from polysdk.studies.penalty_report import ATLAS_SUMMARY, atlas_summary, atlas_tables
+    from polysdk.studies.relearning_run import atlas_models, record_atlas
+
+    cfg = study.config
+    if not cfg.atlas:
+        page.section("Detector agreement atlas", "Left out of this report (atlas=false); "
+                     "--set atlas=true records the residual stream from the checkpoints "
+                     f"({', '.join(atlas_models(study, out)) or 'none kept'}) and maps it.")
+        return None
+    store = record_atlas(study, out)
+    if store is None:
+        page.section("Detector agreement atlas", "No checkpoint of this run is kept to "
+                     "record from; re-run with --fresh to get it.")
+        return None
+    sites = list(store.sites)
+    atlas = add_atlas(page, store, out, sites=sites, pages=int(cfg.atlas_pages))
+    summary = atlas_summary(atlas, {s: (s, "all layers") for s in sites})
+    (out / ATLAS_SUMMARY).write_text(json.dumps(summary, indent=1))
+    flagged, pairs = atlas_tables(summary)
+    page.table(flagged, f"Atlas: residual neurons flagged polysemantic by each detector "
+               f"({cfg.concept_split} words, labels: entity type; numbers in {ATLAS_SUMMARY})",
+               left=["group", "layer"])
+    page.table(pairs, "Atlas: agreement per detector pair and model: Jaccard of the flagged "
+               "sets (J; 1 when both are empty) and Spearman of the scores (rho; n/a when a "
+               "score is constant)", left=["detectors"])
+    return atlas
+
+
 def make_report(study: Any, out: str | Path) -> Path:
     """Figures and ``report.html`` of a finished relearning run in ``out``."""
     from polysdk.store import ActivationStore
@@ -370,6 +409,15 @@ def make_report(study: Any, out: str | Path) -> Path:
         page.table(_top_word_rows(base, rounds[arm][-1], tag),
                    f"Top {tag} neurons after retraining ({arm}): their top words",
                    left=["neuron", "top words in base", "top words now"])
+    add_relearning_atlas(page, study, Path(out))
     page.config(json.loads(json.dumps(study.record(), default=str)))
     return page.write(paths["report"])
+
+
+if __name__ == "__main__":   # the atlas numbers of a run (written by its report)
+    import sys
+
+    from polysdk.studies.penalty_report import print_atlas
+
+    print_atlas(sys.argv[1] if len(sys.argv) > 1 else "runs/relearning-quick")
 

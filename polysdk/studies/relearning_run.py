@@ -28,7 +28,7 @@ from polysdk.errors import ConfigError
 from polysdk.studies import relearning_analysis as A
 
 __all__ = ["run_base", "run_round", "summarize", "study_data", "prune_count",
-           "checkpoint_path"]
+           "checkpoint_path", "record_atlas", "ATLAS_STORE", "ATLAS_ARMS"]
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +321,68 @@ def run_round(study: Any, unit: Any, arm: str, k: int) -> xr.Dataset:
     _save(checkpoint_path(study.out, arm, k), {"model": model.state_dict(),
                                                "pruned": torch.as_tensor(pruned)})
     return ds
+
+
+# ----------------------------------------------------------------------------- atlas
+#: the report's store of word-level recordings for the detector agreement atlas
+ATLAS_STORE = "atlas.zarr"
+#: the arm whose last round the atlas maps beside the base: the first of these in the run
+ATLAS_ARMS = ("regrow", "zero", "random")
+
+
+def atlas_models(study: Any, out: Path) -> dict[str, Path]:
+    """{store site: checkpoint} of the atlas: ``base`` and ``<arm>_round_<last>`` (the
+    first arm of :data:`ATLAS_ARMS` in the run whose last-round checkpoint is kept)."""
+    cfg = study.config
+    models = {"base": checkpoint_path(out)}
+    for arm in [a for a in ATLAS_ARMS if a in cfg.arms]:
+        path = checkpoint_path(out, arm, cfg.rounds)
+        if path.exists():
+            models[f"{arm}_round_{cfg.rounds}"] = path
+            break
+    return {s: p for s, p in models.items() if p.exists()}
+
+
+def record_atlas(study: Any, out: Path) -> Any:
+    """The residual stream of the base and of one arm's last round (:func:`atlas_models`),
+    one row per word of the concept split with its entity type as ``label``, in the
+    store ``<out>/atlas.zarr`` (sites named as the models; all layers side by side).
+    Recorded once from the checkpoints (under a minute at the quick scale); a store
+    holding those sites is reused. Returns the store, or None when no checkpoint is kept."""
+    from polysdk._util import torch_threads
+    from polysdk.data.ner import word_types
+    from polysdk.store import ActivationStore
+
+    models = atlas_models(study, Path(out))
+    if not models:
+        return None
+    path = Path(out) / ATLAS_STORE
+    if path.exists():
+        store = ActivationStore(path, mode="r")
+        if sorted(store.sites) == sorted(models):
+            return store
+    cfg = study.config
+    data = study_data(study)
+    arrays: dict[str, np.ndarray] = {}
+    coords: dict[str, Any] = {}
+    with torch_threads(study._threads()):
+        for site, ckpt in models.items():
+            model, tok, sites = _model(study, data, finetuned=False)
+            state = _load(ckpt, site)
+            model.load_state_dict(state["model"])
+            masks = (_masks(study, model, sites, state["pruned"].numpy())
+                     if cfg.mechanism == "activation" and "pruned" in state else [])
+            split = data[cfg.concept_split]
+            acts = A.record_words(model, _encoded(study, data, tok)[cfg.concept_split],
+                                  [n for _, n in sites], [word_types(t) for t in split.tags],
+                                  split.words, components=masks)
+            arrays[site] = np.asarray(acts.values, dtype=np.float32)
+            coords = {"label": acts["label"].values.astype(str),
+                      "word": acts["word"].values.astype(str)}
+    with ActivationStore(path, mode="w", attrs={"model": cfg.model,
+                                                "split": cfg.concept_split}) as store:
+        store.append(arrays, dims={s: ("sample", "unit") for s in arrays}, coords=coords)
+    return ActivationStore(path, mode="r")
 
 
 # ----------------------------------------------------------------------------- summary
