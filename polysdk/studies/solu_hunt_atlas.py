@@ -198,10 +198,19 @@ def add_solu_atlas(page: Any, study: Any, out: str | Path, store: Any = None
                      "map a model's per-token store with polysdk atlas "
                      f"{out}/tokens/<model>.zarr --out {out}/atlas/<model>.")
         return None
+    from polysdk.reporting import ReportPage
+    from polysdk.studies.solu_hunt_report import _label
+
     store = store if store is not None else ActivationStore(study.paths(out)["store"], mode="r")
     names = store.list_results()
     summary: dict[str, Any] = {}
     links = []
+    page.section("Detector agreement atlas", "Every applicable polysemanticity detector "
+                 "(polysdk.atlas) on each model's MLP sites, one page per model (matrix, "
+                 "agreement, neuron pages of the units they disagree on most). Labels: each "
+                 "text's concept set. concept_sets is the study's rule on one site (exactly "
+                 f"{cfg.exactly} sets, the site's share of the top k); the dictionary is "
+                 "trained on the per-text means (the atlas's reduction of texts).")
     for m in _models(study, names):
         path = out / "tokens" / f"{_safe(m)}.zarr"
         if not (path / "zarr.json").exists():
@@ -216,9 +225,14 @@ def add_solu_atlas(page: Any, study: Any, out: str | Path, store: Any = None
         n_units = int(tokens[sites[0]].sizes["unit"])
         params = atlas_params(study, analysed, n_units)
         rel = f"{ATLAS_DIR}/{_safe(m)}/atlas.html"
+        scratch = ReportPage("")   # its parts go under a heading naming the model
         with torch_threads(study._threads()):
-            atlas = add_atlas(page, view, out, sites=sites, name=rel, params=params,
+            atlas = add_atlas(scratch, view, out, sites=sites, name=rel, params=params,
                               pages=int(cfg.atlas_pages), tokenizer=_tokenizer(study, m))
+        if hasattr(page, "_parts"):
+            what = "planted layer" if m == "planted" else f"{len(sites)} MLP sites"
+            page._parts.append(f'<h3>{_label(m)} ({what}): <a href="{rel}">atlas page</a></h3>')
+            page._parts.extend(scratch._parts[1:])   # the section heading once, above
         summary[m] = atlas_summary(atlas, study, m, analysed, sites)
         links.append((m, rel))
     (out / ATLAS_SUMMARY).write_text(json.dumps(summary, indent=1))
@@ -231,8 +245,6 @@ def add_solu_atlas(page: Any, study: Any, out: str | Path, store: Any = None
                    "how many of them concept sets (its rule, per site) and the dictionary "
                    "flag (Jaccard in brackets)", left=["model", "site"])
     if hasattr(page, "_parts") and links:
-        from polysdk.studies.solu_hunt_report import _label
-
         page._parts.append("<p>Atlas pages: " + ", ".join(
             f'<a href="{rel}">{_label(m)}</a>' for m, rel in links) + "</p>")
     return summary
