@@ -10,6 +10,11 @@ Methods, each over the same batches, each in a fresh subprocess (clean peak RSS)
   (d) tl_cache  TransformerLens ``run_with_cache`` (transformer only)
   (e) nnsight   ``nnsight`` trace with ``.save()``
   (f) zarr_sync plain hooks writing Zarr synchronously (what one writes by hand)
+  (g) polysdk_s3  (b) into ``s3://`` on a LOCAL moto S3 server (``moto[server]``, its own
+                process on 127.0.0.1, started before the clock): the object-storage
+                path's overhead (zarr's own write path, one PUT per chunk, the commit
+                record), NOT a real network. Not in the default set: ``--methods
+                polysdk,polysdk_s3``
 
 Usage::
 
@@ -42,6 +47,7 @@ from pathlib import Path
 from _harness import peak_rss_mb, rss_mb  # shared helpers (benchmarks/_harness.py)
 
 METHODS = ["bare", "polysdk", "polysdk_nocomp", "polysdk_zstd", "list", "tl_cache", "nnsight", "zarr_sync"]
+EXTRA_METHODS = ["polysdk_s3"]  # run only when asked for (--methods)
 TL_SITES = [f"blocks.{i}.mlp.hook_post" for i in range(4)]
 CNN_SITES = ["features.3", "features.6", "features.8"]
 
@@ -83,6 +89,28 @@ def build(model_kind: str):
     return model, CNN_SITES, batch
 
 
+def start_moto() -> tuple[subprocess.Popen, str]:
+    """A moto S3 server in its own process on a free port of 127.0.0.1, and its URL."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the moto server did not start")
+
+
 def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
     import torch
 
@@ -106,7 +134,16 @@ def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
         import nnsight  # noqa: F401
     kept: list = []
     nbytes = 0
-    store_path = Path(workdir) / f"{method}.zarr"
+    store_path: Path | str = Path(workdir) / f"{method}.zarr"
+    storage_options = None
+    moto = None
+    if method == "polysdk_s3":  # server up, bucket made, s3fs imported: before the clock
+        import s3fs
+
+        moto, endpoint = start_moto()
+        storage_options = {"endpoint_url": endpoint}
+        s3fs.S3FileSystem(**storage_options).mkdir("bench")
+        store_path = "s3://bench/polysdk_s3.zarr"
     rss_before = rss_mb()
     start = time.perf_counter()
     with torch.no_grad():
@@ -116,8 +153,10 @@ def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
         elif method.startswith("polysdk"):
             from polysdk import ActivationStore, Probe
 
-            codec = {"polysdk": "auto", "polysdk_nocomp": "none", "polysdk_zstd": "zstd:1"}[method]
-            with ActivationStore(store_path, mode="w", codec=codec) as store:
+            codec = {"polysdk": "auto", "polysdk_nocomp": "none", "polysdk_zstd": "zstd:1",
+                     "polysdk_s3": "auto"}[method]
+            with ActivationStore(store_path, mode="w", codec=codec,
+                                 storage_options=storage_options) as store:
                 Probe(model, sites, store=store).run(
                     (batch(i) for i in range(n_batches)), progress=False
                 )
@@ -183,8 +222,11 @@ def run_one(method: str, model_kind: str, n_batches: int, workdir: str) -> dict:
     if method.startswith("polysdk"):
         from polysdk import ActivationStore
 
-        reopened = ActivationStore(store_path)
+        reopened = ActivationStore(store_path, storage_options=storage_options)
         nbytes = sum(reopened[s].nbytes for s in sites)
+    if moto is not None:
+        moto.kill()
+        moto.wait()
     if not nbytes and kept:
         import torch as _t
 
@@ -442,7 +484,7 @@ def main() -> None:
                         help="instead of the tables: (b)'s parts switched on one by one, "
                              "alternating in one warm process (with --steady-malloc: in a "
                              "child process with heap trimming off)")
-    parser.add_argument("--one", choices=METHODS)
+    parser.add_argument("--one", choices=METHODS + EXTRA_METHODS)
     parser.add_argument("--workdir")
     args = parser.parse_args()
     if args.model == "text":  # the text row: its own methods (flat vs padded layout)
@@ -477,7 +519,8 @@ def main() -> None:
                 warm_rounds(kind, args.batches, args.warm, workdir)
             return
         for kind in (["tl", "cnn"] if args.model == "both" else [args.model]):
-            chosen = ["bare"] + [m for m in args.methods.split(",") if m in METHODS and m != "bare"]
+            chosen = ["bare"] + [m for m in args.methods.split(",")
+                                 if m in METHODS + EXTRA_METHODS and m != "bare"]
             table(kind, args.batches, workdir, args.repeats, chosen)
         if args.out_of_core:
             out_of_core(args.out_of_core, workdir)
