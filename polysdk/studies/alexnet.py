@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from polysdk._util import seed_everything, torch_threads
+from polysdk._util import seed_everything, torch_threads, threads_for
 from polysdk.data.shapes import DEFAULT_LOOKS, DEFAULT_MERGE, class_groups, parse_look
 from polysdk.errors import ConfigError
 from polysdk.studies.base import Study, Unit
@@ -323,14 +323,7 @@ class AlexNetStudy(Study[AlexNetConfig]):
         return ds
 
     def _threads(self) -> int | None:
-        t = self.config.threads
-        if t != "auto":
-            return None if t in (None, 0) else int(t)
-        if self.resolved_device().type != "cpu":
-            return None
-        # a small CNN on a CPU other processes keep busy: one thread (measured on a
-        # shared 2-core machine at load 8: 2 threads 17x slower per step than 1)
-        return 1 if os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5 else None
+        return threads_for(self.config.threads, self.resolved_device())
 
     def _store_path(self) -> Path:
         if self._out is None:

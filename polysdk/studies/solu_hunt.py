@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from polysdk._util import torch_threads
+from polysdk._util import torch_threads, threads_for
 from polysdk.errors import ConfigError
 from polysdk.studies.base import Study, Unit
 
@@ -222,14 +222,7 @@ class SoLUHuntStudy(Study[SoLUHuntConfig]):
         return ds
 
     def _threads(self) -> int | None:
-        t = self.config.threads
-        if t != "auto":
-            return None if t in (None, 0) else int(t)
-        if self.resolved_device().type != "cpu":
-            return None
-        # small models on a CPU other processes keep busy: one thread (measured on the
-        # shared 2-core machine at load 9: 2 threads ~7x slower per step than 1)
-        return 1 if os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5 else None
+        return threads_for(self.config.threads, self.resolved_device())
 
     def need(self, name: str) -> xr.Dataset:
         """An earlier unit's result: this process's, the run's store's, or computed now
