@@ -260,12 +260,13 @@ def atlas_tables(summary: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
             flagged.append({"model": _label(m), "site": site, "units": s["units"],
                             **s["flagged"]})
             row: dict[str, Any] = {"model": _label(m), "site": site}
-            for key in ("candidate", "polysemantic"):
+            for key, what in (("candidate", "candidates"),
+                              ("polysemantic", "polysemantic verdicts")):
                 v = s["study"][key]
-                row[f"study {key}s"] = v["n"]
+                row[f"study {what}"] = v["n"]
                 for d in ("concept_sets", "dictionary_features"):
                     if d in v:
-                        row[f"{key}s in {d}"] = f"{v[d]['both']} ({v[d]['jaccard']:.2f})"
+                        row[f"{what} in {d}"] = f"{v[d]['both']} ({v[d]['jaccard']:.2f})"
             versus.append(row)
     return flagged, versus
 
