@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+import s3fs  # noqa: F401  (dev extras: a missing install must fail, not skip)
+import moto.server as moto_server
 
 from polysdk.errors import StoreError, WriterError  # noqa: E402
 from polysdk.store import ActivationStore  # noqa: E402
