@@ -17,6 +17,7 @@ in order. See docs/architecture.md.
 from importlib.metadata import PackageNotFoundError, version
 
 from polysdk import errors
+from polysdk._util import set_progress
 from polysdk.compose import Compose
 from polysdk.probe import Probe
 from polysdk.sites import HookedComponent, Hooks, list_sites, resolve_sites
@@ -41,4 +42,5 @@ __all__ = [
     "errors",
     "list_sites",
     "resolve_sites",
+    "set_progress",
 ]

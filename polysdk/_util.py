@@ -5,6 +5,8 @@
         ...                                   # torch's intra-op threads set, then restored
     resolve_device("auto")                    # cuda when available, else cpu
     seed_everything(0)                        # Python, NumPy and torch
+    for x in progress_bar(items, desc="fit"):  # a tqdm bar, unless progress is off
+        ...
 
 Nothing here imports another polysdk module except :mod:`polysdk.errors`, so any layer
 may use it.
@@ -23,7 +25,12 @@ import numpy as np
 
 from polysdk.errors import ConfigError
 
-__all__ = ["torch_threads", "resolve_device", "seed_everything", "jsonable", "threads_for"]
+__all__ = ["torch_threads", "resolve_device", "seed_everything", "jsonable", "threads_for",
+           "progress_bar", "progress_enabled", "set_progress"]
+
+#: Process-wide switch for every polysdk progress bar (``polysdk run/report/atlas
+#: --no-progress`` or the environment variable ``POLYSDK_PROGRESS=0`` turn it off).
+_progress_on: bool | None = None
 
 
 @contextmanager
@@ -113,3 +120,43 @@ def threads_for(setting: Any, device: Any) -> int | None:
     if getattr(device, "type", str(device)) != "cpu":
         return None
     return 1 if os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5 else None
+
+
+def set_progress(enabled: bool | None) -> None:
+    """Turn every polysdk progress bar on or off for this process (the CLI's
+    ``--no-progress``); ``None`` goes back to ``POLYSDK_PROGRESS``. A component's own
+    ``progress=False`` still turns its bar off.
+
+    >>> set_progress(False); progress_enabled()
+    False
+    >>> set_progress(True); progress_enabled()
+    True
+    >>> set_progress(None)
+    """
+    global _progress_on
+    _progress_on = None if enabled is None else bool(enabled)
+
+
+def progress_enabled() -> bool:
+    """Whether progress bars may show: :func:`set_progress`, else ``POLYSDK_PROGRESS``
+    (``0``/``false``/``no``/``off`` turn them off), else on."""
+    import os
+
+    if _progress_on is not None:
+        return _progress_on
+    return os.environ.get("POLYSDK_PROGRESS", "1").strip().lower() not in (
+        "0", "false", "no", "off")
+
+
+def progress_bar(iterable: Any = None, *, show: bool = True, **kwargs: Any) -> Any:
+    """A ``tqdm.auto`` bar over ``iterable``, shown when ``show`` and progress is
+    enabled (:func:`progress_enabled`); the one place polysdk makes bars.
+
+    >>> set_progress(False)
+    >>> list(progress_bar(range(3), desc="quiet"))
+    [0, 1, 2]
+    >>> set_progress(None)
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not (show and progress_enabled()), **kwargs)

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("out", help="the run's output folder (or, with --index, a folder of runs)")
     rep.add_argument("--index", action="store_true",
                      help="write an index page of the runs under the folder instead")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     idx = sub.add_parser("index", help="write <folder>/index.html listing the runs under it")
     idx.add_argument("folder", help="folder holding run folders, e.g. runs")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stored result with the planted truth (default: truth/<site> if any)")
     atl.add_argument("--save", action="store_true",
                      help="also store each site's table in the store as result atlas/<site>")
+    atl.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -198,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from polysdk._util import set_progress
+
+    if getattr(args, "no_progress", False):
+        set_progress(False)  # every bar, the detectors' and trainers' included
     try:
         if args.command == "run":
             print(f"{'report' if not args.no_report else 'store'}: {_cmd_run(args)}")
@@ -214,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolysdkError as err:
         print(f"polysdk: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        set_progress(None)
     return 0
 
 

@@ -318,10 +318,10 @@ class Probe(Component):
         fingerprints existed (by count). Returns the store, or ``{site: DataArray}``
         without one.
         """
-        from tqdm.auto import tqdm
+        from polysdk._util import progress_bar
 
         committed, by_count = self._resume_plan(resume)
-        batches = tqdm(data, total=total, desc="probe", unit="batch", disable=not progress)
+        batches = progress_bar(data, show=progress, total=total, desc="probe", unit="batch")
         with self, torch.set_grad_enabled(grad):
             for i, batch in enumerate(batches):
                 fp = fingerprint(*model_inputs(batch))

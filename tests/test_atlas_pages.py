@@ -148,6 +148,19 @@ def test_cli_atlas_on_a_store(tmp_path, capsys):
     assert "Site fc2" in text and "Site fc" in text
 
 
+def test_cli_no_progress_silences_the_detectors_bars(tmp_path, capsys):
+    """40 units are two HDBSCAN unit batches: a bar, unless --no-progress (every bar off)."""
+    _store(tmp_path / "acts.zarr", n=200)
+    argv = ["atlas", str(tmp_path / "acts.zarr"), "--site", "fc", "--detectors", "hdbscan",
+            "--pages", "0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert "hdbscan" in capsys.readouterr().err
+    assert main([*argv, "--no-progress"]) == 0
+    assert "hdbscan" not in capsys.readouterr().err
+    assert main(argv) == 0                                  # the switch is per call, not sticky
+    assert "hdbscan" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["atlas", "{tmp}/nothing.zarr"], "no activation store"),
     (["atlas", "{tmp}/acts.zarr", "--site", "fc3"], "'fc3' is not in the store"),

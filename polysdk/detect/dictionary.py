@@ -34,6 +34,7 @@ import torch
 import xarray as xr
 
 from polysdk import dims
+from polysdk._util import progress_bar
 from polysdk.detect._constraints import POSITION
 from polysdk.detect.base import Detector
 from polysdk.errors import ConfigError, DetectorInputError
@@ -195,15 +196,13 @@ class DictionaryFeatures(Detector):
     def _train(self, acts: xr.DataArray, n_units: int, n_features: int, k: int, scale: float
                ) -> tuple[TopKAutoencoder, torch.Tensor, torch.Tensor, float]:
         """Train one top-k dictionary; its feature sums, firing counts, explained variance."""
-        from tqdm.auto import tqdm
-
         n = acts.sizes["sample"]
         zero = np.zeros(n_units)
         gen = torch.Generator().manual_seed(int(self.seed))
         sae = TopKAutoencoder(n_units, n_features, k, gen)
         opt = torch.optim.Adam(sae.parameters(), lr=self.lr)
-        for _ in tqdm(range(int(self.epochs)), desc=f"dictionary k={k}", unit="epoch", leave=False,
-                      disable=n * self.epochs < 200_000):
+        for _ in progress_bar(range(int(self.epochs)), show=n * self.epochs >= 200_000,
+                              desc=f"dictionary k={k}", unit="epoch", leave=False):
             for block in _blocks(acts, zero, scale, gen):
                 order = torch.randperm(block.shape[0], generator=gen)
                 for start in range(0, block.shape[0], int(self.batch_size)):

@@ -11,9 +11,9 @@ import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from polysdk import dims
+from polysdk._util import progress_bar
 from polysdk.detect._constraints import OPTIONAL_MAPPING, OPTIONAL_STR, POSITION
 from polysdk.detect._stream import (as_dask, compute, is_text, prepare, real_values, select,
                                     text_labels, to_tokens, token_values, top_k_indices)
@@ -181,8 +181,8 @@ class HDBSCANClusters(Detector):
         params = dict(self.hdbscan_params or {})
         clusters = np.empty_like(idx)
         bs = max(1, int(self.unit_batch))
-        for start in tqdm(range(0, n_units, bs), desc="hdbscan", leave=False,
-                          disable=n_units <= bs):
+        for start in progress_bar(range(0, n_units, bs), show=n_units > bs, desc="hdbscan",
+                                  leave=False):
             units = np.arange(start, min(start + bs, n_units))
             if self.representation == "attribution":
                 clusters[units] = self._cluster_attribution(

@@ -19,9 +19,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from polysdk import dims as D
+from polysdk._util import progress_bar
 from polysdk.errors import ConfigError
 from polysdk.mask._core import eval_mode, model_device
 from polysdk.mask._data import iter_batches
@@ -90,7 +90,8 @@ class ActGrad(SaliencyMasker):
         ins = Trace(self.model, list(layers), keep_grad=False, capture="input")
         outs = Trace(self.model, list(layers))
         with eval_mode(self.model), ins, outs, self._reader() as reader:
-            for batch in tqdm(iter_batches(x, self.batch_size), disable=not self.progress, desc="ActGrad"):
+            for batch in progress_bar(iter_batches(x, self.batch_size), show=self.progress,
+                                      desc="ActGrad"):
                 b = batch.to(device)
                 act = reader.run(lambda: b.call(self.model))
                 inputs, outputs = ins.values, outs.values

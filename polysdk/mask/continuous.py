@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
+from polysdk._util import progress_bar
 from polysdk.errors import ConfigError
 from polysdk.mask._core import SiteReader, eval_mode, expand_mask, masked_call, model_device, select_parameters
 from polysdk.mask._data import (Batch, Target, TargetValue, cat_values, iter_batches, labelled_batches,
@@ -293,7 +293,7 @@ class ContinuousSparsification(Masker):
                 raise ConfigError(f"none of the parameters selected by params={self.params!r} reaches the target")
             opt = torch.optim.SGD(list(logits.values()), lr=self.lr, momentum=self.momentum)
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.milestones), gamma=self.gamma)
-            for epoch in tqdm(range(self.epochs), desc="mask training", disable=not self.progress):
+            for epoch in progress_bar(range(self.epochs), show=self.progress, desc="mask training"):
                 temp = temps[epoch]
                 sums = [0.0, 0.0, 0]
                 started = time.perf_counter()

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
+from polysdk._util import progress_bar
 from polysdk.errors import ConfigError
 from polysdk.mask._core import SiteReader, eval_mode, masked_call, model_device
 from polysdk.mask._data import Target, iter_batches
@@ -96,7 +96,7 @@ def preservation_curve(
     if not hasattr(scorer, "scores_"):
         raise ConfigError(f"{type(scorer).__name__} is not fitted: call fit(x) before preservation_curve")
     rows: dict[str, list[float]] = {"pearson_r": [], "dF_norm": [], "kept": [], "density_all": []}
-    for d in tqdm(list(densities_), disable=not progress, desc="preservation"):
+    for d in progress_bar(list(densities_), show=progress, desc="preservation"):
         masks = scorer.masks_for(d, x=x_fit)
         res = feature_preservation(
             scorer.model, scorer.target, scorer.unit, x, masks, position=scorer.position,

@@ -46,8 +46,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from polysdk._util import progress_bar
 from polysdk.errors import ConfigError, NotFittedError
 from polysdk.mask._core import (
     SiteReader,
@@ -233,7 +233,8 @@ class _MaskGradient(SaliencyMasker):
         params = self._params()
         grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
         with eval_mode(self.model), self._reader() as reader:
-            for batch in tqdm(iter_batches(x, self.batch_size), disable=not self.progress, desc=type(self).__name__):
+            for batch in progress_bar(iter_batches(x, self.batch_size), show=self.progress,
+                                      desc=type(self).__name__):
                 b = batch.to(device)
                 m = {
                     n: (expand_mask(masks[n].to(device), p.shape).to(p.dtype) if masks is not None and n in masks

@@ -97,7 +97,7 @@ def train_twin(model: Any, stream: np.ndarray, *, steps: int, batch_size: int = 
     only, so two twins trained with the same seed see the same batches."""
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
+    from polysdk._util import progress_bar
 
     net = _inner(model)
     n_ctx = int(net.cfg.n_ctx)
@@ -120,8 +120,8 @@ def train_twin(model: Any, stream: np.ndarray, *, steps: int, batch_size: int = 
     offsets = np.arange(n_ctx + 1)
     losses, acc = [], []
     net.train()
-    bar = tqdm(range(int(steps)), desc=progress if isinstance(progress, str) else "train",
-               disable=not progress, leave=False)
+    bar = progress_bar(range(int(steps)), show=bool(progress),
+                       desc=progress if isinstance(progress, str) else "train", leave=False)
     try:
         for step in bar:
             start = gen.integers(0, stream.size - n_ctx - 1, size=batch_size)

@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from polysdk._util import progress_bar
 from polysdk.errors import ConfigError
 
 __all__ = ["fit", "FitResult", "last_checkpoint"]
@@ -187,8 +187,8 @@ def fit(model: torch.nn.Module, loader: Iterable[Any], *, epochs: int,
                 n_batches = len(loader)  # type: ignore[arg-type]
             except TypeError:
                 n_batches = None
-            bar = tqdm(loader, total=n_batches, desc=f"{desc} {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False, unit="batch")
+            bar = progress_bar(loader, show=bool(progress), total=n_batches,
+                               desc=f"{desc} {epoch + 1}/{epochs}", leave=False, unit="batch")
             for batch in bar:
                 outputs, targets = forward(model, _to(batch, dev))
                 loss = loss_fn(outputs, targets)

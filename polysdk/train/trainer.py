@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from polysdk._util import torch_threads
+from polysdk._util import progress_bar, torch_threads
 from polysdk.errors import ConfigError
 from polysdk.models.toy import ToyConfig, ToyModels
 from polysdk.train._group import DATA_STREAM as _DATA_STREAM  # noqa: F401 (tests, benchmarks)
@@ -78,8 +77,9 @@ def train_toy_models(configs: Sequence[ToyConfig], seeds: Sequence[int],
     shares = np.array_split(np.arange(len(configs)), n_workers)
     groups = [InstanceGroup([configs[i] for i in share], [seeds[i] for i in share], share,
                             device) for share in shares]
-    bar = tqdm(total=groups[0].T, desc=progress if isinstance(progress, str) else "train",
-               disable=not progress, leave=False, unit="step", mininterval=0.5)
+    bar = progress_bar(show=bool(progress), total=groups[0].T,
+                       desc=progress if isinstance(progress, str) else "train",
+                       leave=False, unit="step", mininterval=0.5)
     sharing = _WorkSharing(groups, bar, step_callback)
     try:
         if n_workers == 1:
