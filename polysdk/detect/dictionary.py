@@ -201,7 +201,8 @@ class DictionaryFeatures(Detector):
         gen = torch.Generator().manual_seed(int(self.seed))
         sae = TopKAutoencoder(n_units, n_features, k, gen)
         opt = torch.optim.Adam(sae.parameters(), lr=self.lr)
-        for _ in progress_bar(range(int(self.epochs)), show=n * self.epochs >= 200_000,
+        work = n * self.epochs * n_units * n_features  # ~ the fit's multiply-adds / 2
+        for _ in progress_bar(range(int(self.epochs)), show=work >= 1e10,
                               desc=f"dictionary k={k}", unit="epoch", leave=False):
             for block in _blocks(acts, zero, scale, gen):
                 order = torch.randperm(block.shape[0], generator=gen)
