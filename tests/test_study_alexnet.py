@@ -337,3 +337,27 @@ def test_tiny_run_report_links_the_atlas_with_image_montages(tmp_path) -> None:
     (out / "atlas.html").unlink()
     assert "Left out of this report (atlas=false)" in off.make_report(out).read_text()
     assert not (out / "atlas.html").exists()
+
+
+def test_atlas_on_several_recording_passes_has_one_page_per_pass(tmp_path) -> None:
+    """At 128 px conv3's centre box differs from conv4-5's: two recording stores, so the
+    report maps two atlases (atlas-box0.html, atlas-box1.html), each on its own layers,
+    each linked from the report, and the summary covers every layer once."""
+    from polysdk.studies.alexnet_report import ATLAS_SUMMARY
+
+    out = tmp_path / "run"
+    study = AlexNetStudy(quick=True, **{**TINY, "image_size": 128, "n_per_class": 12,
+                                        "n_candidates": 0, "atlas_pages": 1})
+    report = study.run(out=out)
+    groups = json.loads(study.results(out)["alexnet/record"].attrs["groups"])
+    assert [g["layers"] for g in groups] == [["features.6"], ["features.8", "features.10"]]
+    page = report.read_text()
+    assert not (out / "atlas.html").exists()
+    for i, layers in enumerate(g["layers"] for g in groups):
+        atlas = (out / f"atlas-box{i}.html").read_text()
+        assert f'href="atlas-box{i}.html"' in page
+        for layer in ("features.6", "features.8", "features.10"):
+            assert (f"Site {layer}" in atlas) == (layer in layers), (i, layer)
+    summary = json.loads((out / ATLAS_SUMMARY).read_text())
+    assert sorted(summary) == ["features.10", "features.6", "features.8"]
+    assert {v["page"] for v in summary.values()} == {"atlas-box0.html", "atlas-box1.html"}
