@@ -4,6 +4,8 @@ the real path (a DistilBERT checkpoint folder + CoNLL-style data through dataset
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -60,13 +62,22 @@ def test_report_links_the_atlas_of_base_and_last_round(tmp_path):
     page = report.read_text()
     assert "Detector agreement atlas" in page and 'href="atlas.html"' in page
     store = ActivationStore(out / "atlas.zarr", mode="r")
-    assert sorted(store.sites) == ["base", "regrow_round_1"]     # regrow first, its last round
-    acts = store["base"]
-    assert acts.sizes["unit"] == 48 and "label" in acts.coords
+    layers = ["embeddings", "block1", "block2"]                  # one site per layer
+    # regrow first of the arms, its last round
+    assert sorted(store.sites) == sorted(f"{m}.{la}" for m in ("base", "regrow_round_1")
+                                         for la in layers)
+    acts = store["base.block1"]
+    assert acts.sizes["unit"] == 16 and "label" in acts.coords
     assert "O" in set(acts["label"].values.tolist())
     atlas = (out / "atlas.html").read_text()
-    assert "Site base" in atlas and "Site regrow_round_1" in atlas
-    assert (out / "atlas_summary.json").exists()
+    assert "Site base.embeddings" in atlas and "Site regrow_round_1.block2" in atlas
+    summary = json.loads((out / "atlas_summary.json").read_text())
+    assert summary["regrow_round_1.block2"]["group"] == "regrow_round_1"
+    assert summary["regrow_round_1.block2"]["layer"] == "block2"
+    # the three layers are three different slices of the 48-unit stream, not one repeated
+    base = [store[f"base.{la}"].values for la in layers]
+    assert sum(b.shape[1] for b in base) == 48
+    assert not np.allclose(base[0], base[1]) and not np.allclose(base[1], base[2])
 
 
 @pytest.mark.slow

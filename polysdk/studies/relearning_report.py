@@ -12,8 +12,8 @@ before and after. The seed's own run is the ``regrow`` arm (its code let the pru
 weights regrow); ``zero`` is the method as intended, ``random`` the control.
 
 With ``atlas`` (default on) the report also maps the detector agreement atlas
-(:func:`polysdk.atlas.add_atlas`) on the word-level residual stream (all layers side
-by side, labels: each word's entity type) of the base model and of one arm's last round
+(:func:`polysdk.atlas.add_atlas`) on the word-level residual stream (one site per
+layer, ``base.block3``; labels: each word's entity type) of the base model and of one arm's last round
 (``regrow`` when run), recorded from the checkpoints into ``<out>/atlas.zarr``:
 ``<out>/atlas.html`` with its neuron pages, numbers in ``<out>/atlas_summary.json``.
 Print them: ``python -m polysdk.studies.relearning_report runs/relearning-quick``.
@@ -325,9 +325,9 @@ def add_relearning_atlas(page: Any, study: Any, out: Path) -> Any:
         page.section("Detector agreement atlas", "No checkpoint of this run is kept to "
                      "record from; re-run with --fresh to get it.")
         return None
-    sites = list(store.sites)
+    sites = list(store.sites)   # <model>.<layer>: each layer fitted on its own
     atlas = add_atlas(page, store, out, sites=sites, pages=int(cfg.atlas_pages))
-    summary = atlas_summary(atlas, {s: (s, "all layers") for s in sites})
+    summary = atlas_summary(atlas, {s: tuple(s.split(".", 1)) for s in sites})
     (out / ATLAS_SUMMARY).write_text(json.dumps(summary, indent=1))
     flagged, pairs = atlas_tables(summary)
     page.table(flagged, f"Atlas: residual neurons flagged polysemantic by each detector "

@@ -343,12 +343,19 @@ def atlas_models(study: Any, out: Path) -> dict[str, Path]:
     return {s: p for s, p in models.items() if p.exists()}
 
 
+def atlas_site(model: str, layer: str) -> str:
+    """The atlas store's site of one model's layer: ``base.embeddings``, ``base.block3``."""
+    return f"{model}.{layer.replace(' ', '')}"
+
+
 def record_atlas(study: Any, out: Path) -> Any:
     """The residual stream of the base and of one arm's last round (:func:`atlas_models`),
     one row per word of the concept split with its entity type as ``label``, in the
-    store ``<out>/atlas.zarr`` (sites named as the models; all layers side by side).
-    Recorded once from the checkpoints (under a minute at the quick scale); a store
-    holding those sites is reused. Returns the store, or None when no checkpoint is kept."""
+    store ``<out>/atlas.zarr``: one site per model and layer (:func:`atlas_site`), so
+    each detector (the dictionary's autoencoder above all) is fitted per layer, as
+    dictionaries are in the literature, not on the 7 layers side by side. Recorded once
+    from the checkpoints (under a minute at the quick scale); a store holding those
+    models' sites is reused. Returns the store, or None when no checkpoint is kept."""
     from polysdk._util import torch_threads
     from polysdk.data.ner import word_types
     from polysdk.store import ActivationStore
@@ -359,16 +366,16 @@ def record_atlas(study: Any, out: Path) -> Any:
     path = Path(out) / ATLAS_STORE
     if path.exists():
         store = ActivationStore(path, mode="r")
-        if sorted(store.sites) == sorted(models):
+        if list(store.attrs.get("models", [])) == sorted(models):
             return store
     cfg = study.config
     data = study_data(study)
     arrays: dict[str, np.ndarray] = {}
     coords: dict[str, Any] = {}
     with torch_threads(study._threads()):
-        for site, ckpt in models.items():
+        for name, ckpt in models.items():
             model, tok, sites = _model(study, data, finetuned=False)
-            state = _load(ckpt, site)
+            state = _load(ckpt, name)
             model.load_state_dict(state["model"])
             masks = (_masks(study, model, sites, state["pruned"].numpy())
                      if cfg.mechanism == "activation" and "pruned" in state else [])
@@ -376,11 +383,14 @@ def record_atlas(study: Any, out: Path) -> Any:
             acts = A.record_words(model, _encoded(study, data, tok)[cfg.concept_split],
                                   [n for _, n in sites], [word_types(t) for t in split.tags],
                                   split.words, components=masks)
-            arrays[site] = np.asarray(acts.values, dtype=np.float32)
+            values = np.asarray(acts.values, dtype=np.float32)
+            layer = acts["layer"].values
+            for i, (label, _) in enumerate(sites):
+                arrays[atlas_site(name, label)] = values[:, layer == i]
             coords = {"label": acts["label"].values.astype(str),
                       "word": acts["word"].values.astype(str)}
-    with ActivationStore(path, mode="w", attrs={"model": cfg.model,
-                                                "split": cfg.concept_split}) as store:
+    with ActivationStore(path, mode="w", attrs={"model": cfg.model, "split": cfg.concept_split,
+                                                "models": sorted(models)}) as store:
         store.append(arrays, dims={s: ("sample", "unit") for s in arrays}, coords=coords)
     return ActivationStore(path, mode="r")
 
