@@ -78,6 +78,18 @@ def test_report_links_the_atlas_of_base_and_last_round(tmp_path):
     base = [store[f"base.{la}"].values for la in layers]
     assert sum(b.shape[1] for b in base) == 48
     assert not np.allclose(base[0], base[1]) and not np.allclose(base[1], base[2])
+    # the pruned model's sites split each detector's flags into pruned / kept units, and
+    # the split adds up to the checkpoint's pruned set and to each detector's count
+    ckpt = torch.load(checkpoint_path(out, "regrow", 1), weights_only=True)
+    arm = {s: v for s, v in summary.items() if s.startswith("regrow_round_1.")}
+    assert sum(v["pruned"]["pruned"] for v in arm.values()) == len(ckpt["pruned"]) > 0
+    for v in arm.values():
+        p = v["pruned"]
+        assert p["pruned"] + p["kept"] == v["units"]
+        for d, n in v["flagged"].items():
+            assert p["flagged_pruned"][d] + p["flagged_kept"][d] == n
+    assert not any("pruned" in v for s, v in summary.items() if s.startswith("base."))
+    assert "among the pruned ones" in page
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from polysdk.reporting import Finding, ReportPage, colors_for, heatmap, new_figure
 from polysdk.studies.relearning import SEED_NUMBERS
@@ -312,7 +313,7 @@ def add_relearning_atlas(page: Any, study: Any, out: Path) -> Any:
     kept no checkpoint to record from."""
     from polysdk.atlas import add_atlas
     from polysdk.studies.penalty_report import ATLAS_SUMMARY, atlas_summary, atlas_tables
-    from polysdk.studies.relearning_run import atlas_models, record_atlas
+    from polysdk.studies.relearning_run import atlas_models, atlas_pruned, record_atlas
 
     cfg = study.config
     if not cfg.atlas:
@@ -328,6 +329,9 @@ def add_relearning_atlas(page: Any, study: Any, out: Path) -> Any:
     sites = list(store.sites)   # <model>.<layer>: each layer fitted on its own
     atlas = add_atlas(page, store, out, sites=sites, pages=int(cfg.atlas_pages))
     summary = atlas_summary(atlas, {s: tuple(s.split(".", 1)) for s in sites})
+    for site, pruned in atlas_pruned(study, out, store).items():
+        std = np.asarray(store[site].std("sample").values, dtype=np.float64)
+        summary[site]["pruned"] = pruned_flags(atlas.table(site), pruned, std)
     (out / ATLAS_SUMMARY).write_text(json.dumps(summary, indent=1))
     flagged, pairs = atlas_tables(summary)
     page.table(flagged, f"Atlas: residual neurons flagged polysemantic by each detector "
@@ -336,7 +340,42 @@ def add_relearning_atlas(page: Any, study: Any, out: Path) -> Any:
     page.table(pairs, "Atlas: agreement per detector pair and model: Jaccard of the flagged "
                "sets (J; 1 when both are empty) and Spearman of the scores (rho; n/a when a "
                "score is constant)", left=["detectors"])
+    rows = pruned_rows(summary)
+    if rows:
+        page.table(rows, "Atlas on the pruned model: units flagged among the pruned ones "
+                   "(their activations' std beside) and among the kept ones. A pruned unit "
+                   "is near-constant; a detector that flags it reads noise as polysemanticity",
+                   left=["site"])
     return atlas
+
+
+def pruned_flags(table: xr.Dataset, pruned: np.ndarray, std: np.ndarray) -> dict[str, Any]:
+    """Of one atlas site's table, per detector: flagged units among ``pruned`` and among
+    the kept ones, with both groups' sizes and mean activation ``std`` (one per unit)."""
+    verdict = table["polysemantic"]
+    flags = {str(d): np.asarray(verdict.sel(detector=d).values, dtype=bool)
+             for d in table["detector"].values}
+    return {"pruned": int(pruned.sum()), "kept": int((~pruned).sum()),
+            "flagged_pruned": {d: int(f[pruned].sum()) for d, f in flags.items()},
+            "flagged_kept": {d: int(f[~pruned].sum()) for d, f in flags.items()},
+            **({"std_pruned": float(std[pruned].mean()), "std_kept": float(std[~pruned].mean())}
+               if pruned.any() and (~pruned).any() else {})}
+
+
+def pruned_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per site with a pruned unit: "flagged among pruned / among kept"."""
+    rows = []
+    for site, v in summary.items():
+        p = v.get("pruned")
+        if not p:
+            continue
+        row: dict[str, Any] = {"site": site, "pruned / kept": f"{p['pruned']} / {p['kept']}"}
+        if "std_pruned" in p:
+            row["std pruned / kept"] = f"{p['std_pruned']:.3f} / {p['std_kept']:.3f}"
+        for d in p["flagged_pruned"]:
+            row[d] = f"{p['flagged_pruned'][d]} / {p['flagged_kept'][d]}"
+        rows.append(row)
+    return rows
 
 
 def make_report(study: Any, out: str | Path) -> Path:
@@ -419,5 +458,13 @@ if __name__ == "__main__":   # the atlas numbers of a run (written by its report
 
     from polysdk.studies.penalty_report import print_atlas
 
-    print_atlas(sys.argv[1] if len(sys.argv) > 1 else "runs/relearning-quick")
+    run = sys.argv[1] if len(sys.argv) > 1 else "runs/relearning-quick"
+    print_atlas(run)
+    from polysdk.studies.penalty_report import ATLAS_SUMMARY as _SUMMARY
+
+    pruned = pruned_rows(json.loads((Path(run) / _SUMMARY).read_text()))
+    if pruned:
+        print("on the pruned model, flagged among pruned / among kept units:")
+        for r in pruned:
+            print("  " + "  ".join(f"{k} {v}" for k, v in r.items()))
 

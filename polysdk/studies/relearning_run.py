@@ -366,7 +366,8 @@ def record_atlas(study: Any, out: Path) -> Any:
     path = Path(out) / ATLAS_STORE
     if path.exists():
         store = ActivationStore(path, mode="r")
-        if list(store.attrs.get("models", [])) == sorted(models):
+        if (list(store.attrs.get("models", [])) == sorted(models)
+                and store.attrs.get("layers")):   # written by this version: reuse
             return store
     cfg = study.config
     data = study_data(study)
@@ -389,10 +390,30 @@ def record_atlas(study: Any, out: Path) -> Any:
                 arrays[atlas_site(name, label)] = values[:, layer == i]
             coords = {"label": acts["label"].values.astype(str),
                       "word": acts["word"].values.astype(str)}
+    layers = [atlas_site("", label)[1:] for label, _ in sites]
     with ActivationStore(path, mode="w", attrs={"model": cfg.model, "split": cfg.concept_split,
-                                                "models": sorted(models)}) as store:
+                                                "models": sorted(models),
+                                                "layers": layers}) as store:
         store.append(arrays, dims={s: ("sample", "unit") for s in arrays}, coords=coords)
     return ActivationStore(path, mode="r")
+
+
+def atlas_pruned(study: Any, out: Path, store: Any) -> dict[str, np.ndarray]:
+    """{atlas site: True per unit its model's checkpoint lists as pruned}, for the sites
+    of :func:`record_atlas`'s store whose model pruned any (the base pruned none). The
+    checkpoint's indices run over the layers in order, as the store's ``layers`` attr."""
+    layers = list(store.attrs.get("layers", []))
+    found: dict[str, np.ndarray] = {}
+    for name, ckpt in atlas_models(study, Path(out)).items():
+        state = _load(ckpt, name)
+        if "pruned" not in state or not layers:
+            continue
+        widths = [store[atlas_site(name, la)].sizes["unit"] for la in layers]
+        flat = np.zeros(sum(widths), dtype=bool)
+        flat[np.asarray(state["pruned"], dtype=np.int64)] = True
+        for la, part in zip(layers, np.split(flat, np.cumsum(widths)[:-1])):
+            found[atlas_site(name, la)] = part
+    return found
 
 
 # ----------------------------------------------------------------------------- summary
