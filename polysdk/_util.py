@@ -31,6 +31,10 @@ __all__ = ["torch_threads", "resolve_device", "seed_everything", "jsonable", "th
 #: Process-wide switch for every polysdk progress bar (``polysdk run/report/atlas
 #: --no-progress`` or the environment variable ``POLYSDK_PROGRESS=0`` turn it off).
 _progress_on: bool | None = None
+_HF_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"
+_UNSET: Any = object()
+_hf_env_before: Any = _UNSET  # (the variable's value, transformers loaded?) before we set it
+_hf_bars_off_by_us = False
 
 
 @contextmanager
@@ -125,7 +129,8 @@ def threads_for(setting: Any, device: Any) -> int | None:
 def set_progress(enabled: bool | None) -> None:
     """Turn every polysdk progress bar on or off for this process (the CLI's
     ``--no-progress``); ``None`` goes back to ``POLYSDK_PROGRESS``. A component's own
-    ``progress=False`` still turns its bar off.
+    ``progress=False`` still turns its bar off. Off also silences Hugging Face's bars
+    (transformers' "Loading weights", downloads) until progress is turned back on.
 
     >>> set_progress(False); progress_enabled()
     False
@@ -133,8 +138,35 @@ def set_progress(enabled: bool | None) -> None:
     True
     >>> set_progress(None)
     """
-    global _progress_on
+    import os
+    import sys
+
+    global _progress_on, _hf_env_before, _hf_bars_off_by_us
     _progress_on = None if enabled is None else bool(enabled)
+    quiet = not progress_enabled()
+    hf = None
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf
+    if quiet:
+        if _hf_env_before is _UNSET:                # read by huggingface_hub on import
+            _hf_env_before = (os.environ.get(_HF_ENV), hf is not None)
+            os.environ[_HF_ENV] = "1"
+        if hf is not None and hf.is_progress_bar_enabled():
+            hf.disable_progress_bar()
+            _hf_bars_off_by_us = True
+        return
+    if _hf_env_before is not _UNSET:                # undo only what we did
+        value, loaded_then = _hf_env_before
+        if value is None:
+            os.environ.pop(_HF_ENV, None)
+        else:
+            os.environ[_HF_ENV] = value
+        _hf_env_before = _UNSET
+        if hf is not None and not loaded_then:      # imported under our variable: off by us
+            _hf_bars_off_by_us = True
+    if hf is not None and _hf_bars_off_by_us:
+        hf.enable_progress_bar()
+    _hf_bars_off_by_us = False
 
 
 def progress_enabled() -> bool:
