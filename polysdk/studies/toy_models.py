@@ -72,9 +72,9 @@ def _quick_k(k: Any) -> int:
 
 
 @dataclass(frozen=True)
-class ToyModelsConfig:
-    """A toy-models run: the :class:`~polysdk.models.toy.ToyConfig` fields fixed for every
-    instance, the ``sweep`` ({field: values}; several = a grid), ``seeds`` replicates from
+class ToyModelsConfig(ToyConfig):
+    """A toy-models run: the :class:`~polysdk.models.toy.ToyConfig` fields (inherited,
+    validated and canonicalised there) fixed for every instance, the ``sweep`` ({field: values}; several = a grid), ``seeds`` replicates from
     ``seed``, the monosemantic ``threshold``, and how to run it (``chunk_size``: instances
     per batched computation and per stored result, None = by size; ``threads``: torch
     threads while training, "auto" = 1 for small chunks on a busy CPU).
@@ -84,19 +84,6 @@ class ToyModelsConfig:
     (64, 128, [2, 4, 8])
     """
 
-    N: int = 512
-    m: int = 64
-    k: int = 1024
-    eps: float = 1 / 64
-    sample_kind: str = "equal"
-    task: str = "decoder"
-    learning_rate: float = 0.003
-    decay: float = 0.0
-    initial_bias: float = 0.0
-    reg: float = 0.0
-    nonlinearity: str = "ReLU"
-    log2_batch_size: int = 13
-    log2_training_steps: int = 17
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     seeds: int = 1
     seed: int = 0
@@ -105,9 +92,7 @@ class ToyModelsConfig:
     threads: int | str | None = "auto"
 
     def __post_init__(self) -> None:
-        model = ToyConfig(**{f: getattr(self, f) for f in _MODEL_FIELDS})   # validates
-        for f in _MODEL_FIELDS:   # canonical spellings ("autoencoder" -> "decoder")
-            object.__setattr__(self, f, getattr(model, f))
+        super().__post_init__()   # validates; canonical spellings ("autoencoder" -> "decoder")
         if not isinstance(self.sweep, Mapping):
             raise ConfigError(f"sweep={self.sweep!r} must be a dict {{field: [values]}}.")
         sweep = {}
