@@ -165,7 +165,11 @@ def set_progress(enabled: bool | None) -> None:
         if hf is not None and not loaded_then:      # imported under our variable: off by us
             _hf_bars_off_by_us = True
     if hf is not None and _hf_bars_off_by_us:
-        hf.enable_progress_bar()
+        import warnings
+
+        with warnings.catch_warnings():   # huggingface_hub imported under our variable
+            warnings.filterwarnings("ignore", message="Cannot enable progress bars")
+            hf.enable_progress_bar()      # keeps its own bars off: it read the variable once
     _hf_bars_off_by_us = False
 
 

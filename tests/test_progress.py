@@ -60,3 +60,4 @@ def test_quiet_before_transformers_is_imported_and_back() -> None:
                                           if k != "HF_HUB_DISABLE_PROGRESS_BARS"}).stderr
     quiet, back = err.split("--back--")
     assert "Loading weights" not in quiet and "Loading weights" in back
+    assert "Cannot enable progress bars" not in err   # no warning from turning it back
