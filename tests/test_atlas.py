@@ -175,3 +175,32 @@ def test_bad_input_says_what_and_how(classes, tmp_path):
     _planted_store(tmp_path / "s.zarr", n=200)
     with pytest.raises(SiteNotFoundError, match="fc"):
         Atlas(ActivationStore(tmp_path / "s.zarr"), sites="fc2").fit()
+
+
+def test_near_constant_units_are_marked_and_counted_per_detector(tmp_path):
+    """Three planted units made (nearly) constant, as pruning leaves them: the table marks
+    exactly those, counts each detector's flags among them, and the page says so."""
+    pl = make_planted_classes(n_samples=800, seed=0)
+    values = pl.activations.values.copy()
+    rng = np.random.default_rng(0)
+    dead = np.array([1, 5, 20])
+    values[:, dead] = 0.3 + 1e-4 * rng.standard_normal((values.shape[0], len(dead)))
+    acts = pl.activations.copy(data=values)
+    atlas = Atlas(acts, detectors=["class_selectivity", "hdbscan"]).fit()
+    ds = atlas.result_
+    std = values.std(0)
+    np.testing.assert_allclose(ds["activation_std"].values, std, rtol=1e-6)
+    assert np.flatnonzero(ds["near_constant"].values).tolist() == dead.tolist()
+    for j in range(ds.sizes["detector"]):
+        flags = ds["polysemantic"].values[:, j]
+        assert int(ds["n_flagged_near_constant"].values[j]) == int(flags[dead].sum())
+    page = atlas.to_html(tmp_path / "atlas.html", pages=0).read_text()
+    assert f"3 of {values.shape[1]} units are near-constant" in page
+    # no near-constant unit: no note; a share of 0 marks only exactly constant units
+    clean = Atlas(pl.activations, detectors=["class_selectivity"]).fit()
+    assert not clean.result_["near_constant"].values.any()
+    assert "near-constant" not in clean.to_html(tmp_path / "c.html", pages=0).read_text()
+    assert not Atlas(acts, detectors=["class_selectivity"], near_constant=0).fit(
+    ).result_["near_constant"].values.any()
+    with pytest.raises(ConfigError, match="near_constant=1.5"):
+        Atlas(acts, near_constant=1.5)

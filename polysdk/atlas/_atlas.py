@@ -57,6 +57,18 @@ def spearman(a: Any, b: Any) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def unit_std(acts: xr.DataArray) -> np.ndarray:
+    """Each unit's activation std over the inputs (float64; texts reduced by the mean of
+    their real tokens, see :func:`polysdk.dims.select_array`); NaN for a unit with no
+    finite value."""
+    from polysdk import dims
+
+    rows = dims.select_array(acts, "mean")
+    with np.errstate(invalid="ignore"):
+        std = rows.std("sample", skipna=True)
+    return np.asarray(std.values, dtype=np.float64)
+
+
 def save_truth(store: Any, site: str, polysemantic: Any) -> str:
     """Store a site's planted truth (one bool per unit) where the atlas finds it."""
     name = f"{TRUTH_PREFIX}/{site}"
@@ -116,14 +128,21 @@ class Atlas:
         ``fit`` keywords per detector name.
     client : dask.distributed.Client, optional
         Passed to every detector's ``fit``.
+    near_constant : float
+        A unit whose activation std (over the inputs, texts reduced by their real-token
+        mean) is below this share of the site's median unit std is marked
+        ``near_constant`` (dead or pruned units; default 0.05). The verdicts are left as
+        each detector gives them; the table and the page say how many near-constant units
+        each one flags, since flagging one reads noise as polysemanticity.
 
     Attributes
     ----------
     results_ : {site: xr.Dataset}
         ``score``, ``polysemantic`` and ``detail`` (unit, detector); ``jaccard``,
         ``spearman`` (detector, detector_); ``n_flagged`` (detector); ``flag_count``,
-        ``disagreement`` (unit); with truth ``truth`` (unit), ``precision``, ``recall``
-        (detector). attrs: ``site``, ``skipped_json`` ({name: why}), ``params_json``,
+        ``disagreement``, ``activation_std``, ``near_constant`` (unit);
+        ``n_flagged_near_constant`` (detector); with truth ``truth`` (unit),
+        ``precision``, ``recall`` (detector). attrs: ``site``, ``skipped_json`` ({name: why}), ``params_json``,
         ``labels_from``.
     detectors_ : {site: {name: Detector}}
         The fitted detectors (their full results).
@@ -133,8 +152,12 @@ class Atlas:
                  detectors: Any = None, labels: Any = None, truth: Any = None, *,
                  params: Mapping[str, Mapping[str, Any]] | None = None, model: Any = None,
                  embedding: Any = None, fit_params: Mapping[str, Mapping[str, Any]] | None = None,
-                 client: Any = None) -> None:
+                 client: Any = None, near_constant: float = 0.05) -> None:
+        if not 0 <= float(near_constant) < 1:
+            raise ConfigError(f"near_constant={near_constant!r} is a share of the site's median "
+                              "unit std: pass a number in [0, 1) (0 marks only constant units).")
         self.source = source
+        self.near_constant = float(near_constant)
         self.sites = sites
         self.detectors = detectors
         self.labels = labels
@@ -303,6 +326,9 @@ class Atlas:
                         for a in range(len(names))]).reshape(len(names), len(names))
         rho = np.array([[spearman(score[:, a], score[:, b]) for b in range(len(names))]
                         for a in range(len(names))]).reshape(len(names), len(names))
+        std = unit_std(acts)
+        floor = self.near_constant * float(np.nanmedian(std)) if np.isfinite(std).any() else 0.0
+        flat = ~(std > floor) if floor > 0 else ~(std > 0)   # NaN (no input) counts as flat
         k = poly.sum(1)
         half = max(1, len(names) // 2)
         dis = np.minimum(k, len(names) - k) / half if len(names) >= 2 else np.zeros(n)
@@ -315,7 +341,10 @@ class Atlas:
              "spearman": (("detector", "detector_"), rho),
              "n_flagged": ("detector", poly.sum(0).astype(np.int64)),
              "flag_count": ("unit", k.astype(np.int64)),
-             "disagreement": ("unit", dis.astype(float))},
+             "disagreement": ("unit", dis.astype(float)),
+             "activation_std": ("unit", std),
+             "near_constant": ("unit", flat),
+             "n_flagged_near_constant": ("detector", poly[flat].sum(0).astype(np.int64))},
             coords={"unit": np.arange(n), "unit_label": ("unit", np.asarray(unit_labels)),
                     "detector": np.array(names, dtype=str),
                     "detector_": np.array(names, dtype=str)})
@@ -330,7 +359,7 @@ class Atlas:
         ds.attrs = {"site": site, "skipped_json": json.dumps(skipped),
                     "params_json": json.dumps(params, default=repr),
                     "labels_from": f.labels_from or "none", "dims": json.dumps(list(f.dims)),
-                    "n_inputs": int(f.n_inputs)}
+                    "n_inputs": int(f.n_inputs), "near_constant_share": self.near_constant}
         return ds
 
     # ------------------------------------------------------------------ reading

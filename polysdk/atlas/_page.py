@@ -156,6 +156,20 @@ def _summary_rows(ds: xr.Dataset) -> list[str]:
             esc(f"{lo[1]} & {lo[2]}: {lo[0]:.2f}") if lo else "-", esc(best)]
 
 
+def _near_constant_note(ds: xr.Dataset) -> str:
+    """The near-constant units of a site and how many each detector flags ("" if none)."""
+    if "near_constant" not in ds or not bool(ds["near_constant"].values.any()):
+        return ""
+    n_flat = int(ds["near_constant"].values.sum())
+    share = float(ds.attrs.get("near_constant_share", 0.05))
+    flagged = ", ".join(f"{html.escape(str(d))} {int(c)}" for d, c in zip(
+        ds["detector"].values, ds["n_flagged_near_constant"].values))
+    return (f"<p><b>{n_flat} of {ds.sizes['unit']} units are near-constant</b> (activation "
+            f"std below {share:.0%} of the site's median unit std: dead or pruned). "
+            f"Flagged among them: {flagged}. A detector that flags a near-constant unit "
+            "reads noise as polysemanticity.</p>")
+
+
 def _site_section(page: _Page, ds: xr.Dataset, links: Mapping[int, str]) -> None:
     site = ds.attrs["site"]
     names = [str(d) for d in ds["detector"].values]
@@ -179,6 +193,7 @@ def _site_section(page: _Page, ds: xr.Dataset, links: Mapping[int, str]) -> None
     if not names:
         page.raw("<p>No detector applied to this site.</p>")
         return
+    page.raw(_near_constant_note(ds))
     page.figure(matrix_figure(ds), f"{site}: verdict and score of every unit under every "
                 "detector (columns: units, sorted by how many detectors flag them)")
     page.figure(agreement_figure(ds), f"{site}: pairwise agreement (Jaccard: 1 = the same flagged "
