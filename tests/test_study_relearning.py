@@ -89,6 +89,9 @@ def test_report_links_the_atlas_of_base_and_last_round(tmp_path):
         for d, n in v["flagged"].items():
             assert p["flagged_pruned"][d] + p["flagged_kept"][d] == n
     assert not any("pruned" in v for s, v in summary.items() if s.startswith("base."))
+    for v in summary.values():   # the atlas's own dead-unit count, per site and detector
+        assert 0 <= v["near_constant"]["units"] <= v["units"]
+        assert set(v["near_constant"]["flagged"]) == set(v["flagged"])
     assert "among the pruned ones" in page
 
 

@@ -290,6 +290,11 @@ def atlas_summary(atlas: Any, sites: dict[str, tuple[str, str]]) -> dict[str, An
                 "spearman": num(ds["spearman"].values[i, j])}
                 for i in range(len(names)) for j in range(i + 1, len(names))},
             "skipped": json.loads(ds.attrs.get("skipped_json", "{}"))}
+        if "near_constant" in ds:   # dead / pruned units, and each detector's flags on them
+            out[site]["near_constant"] = {
+                "units": int(ds["near_constant"].values.sum()),
+                "flagged": {n: int(ds["n_flagged_near_constant"].values[j])
+                            for j, n in enumerate(names)}}
     return out
 
 
@@ -366,6 +371,15 @@ def print_atlas(out: str | Path, file: Any = None) -> None:
     for r in flagged:
         cells = [f"{r['group']}.{r['layer']}"] + [f"{r.get(d, '-')}/{r['units']}" for d in dets]
         print("  " + " ".join(f"{c:>20}" for c in cells), file=file)
+    summary = json.loads(path.read_text())
+    flat = {site: v["near_constant"] for site, v in summary.items()
+            if v.get("near_constant", {}).get("units")}
+    if flat:
+        print("near-constant units (std < 5% of the site's median), flagged among them:",
+              file=file)
+        for site, v in flat.items():
+            print(f"  {site}: {v['units']} units; " + ", ".join(
+                f"{d} {c}" for d, c in v["flagged"].items()), file=file)
     print("agreement (mean over layers; per layer in brackets):", file=file)
     for r in pairs:
         print(f"  {r['detectors']}", file=file)
