@@ -202,5 +202,11 @@ def test_near_constant_units_are_marked_and_counted_per_detector(tmp_path):
     assert "near-constant" not in clean.to_html(tmp_path / "c.html", pages=0).read_text()
     assert not Atlas(acts, detectors=["class_selectivity"], near_constant=0).fit(
     ).result_["near_constant"].values.any()
+    # a layer pruned to its last quarter: the live scale comes from the live units
+    mostly = pl.activations.values.copy()
+    gone = np.arange(values.shape[1]) % 4 != 0
+    mostly[:, gone] = 0.3 + 1e-4 * rng.standard_normal((values.shape[0], int(gone.sum())))
+    pruned = Atlas(pl.activations.copy(data=mostly), detectors=["class_selectivity"]).fit()
+    np.testing.assert_array_equal(pruned.result_["near_constant"].values, gone)
     with pytest.raises(ConfigError, match="near_constant=1.5"):
         Atlas(acts, near_constant=1.5)

@@ -130,8 +130,10 @@ class Atlas:
         Passed to every detector's ``fit``.
     near_constant : float
         A unit whose activation std (over the inputs, texts reduced by their real-token
-        mean) is below this share of the site's median unit std is marked
-        ``near_constant`` (dead or pruned units; default 0.05). The verdicts are left as
+        mean) is below this share of the site's 95th-percentile unit std is marked
+        ``near_constant`` (dead or pruned units; default 0.05). The 95th percentile, not
+        the median, so that a layer whose units are mostly pruned still has a live scale,
+        and not the max, so that a few outlier dimensions do not set it. The verdicts are left as
         each detector gives them; the table and the page say how many near-constant units
         each one flags, since flagging one reads noise as polysemanticity.
 
@@ -154,8 +156,8 @@ class Atlas:
                  embedding: Any = None, fit_params: Mapping[str, Mapping[str, Any]] | None = None,
                  client: Any = None, near_constant: float = 0.05) -> None:
         if not 0 <= float(near_constant) < 1:
-            raise ConfigError(f"near_constant={near_constant!r} is a share of the site's median "
-                              "unit std: pass a number in [0, 1) (0 marks only constant units).")
+            raise ConfigError(f"near_constant={near_constant!r} is a share of the site's "
+                              "95th-percentile unit std: pass a number in [0, 1) (0 marks only constant units).")
         self.source = source
         self.near_constant = float(near_constant)
         self.sites = sites
@@ -327,7 +329,8 @@ class Atlas:
         rho = np.array([[spearman(score[:, a], score[:, b]) for b in range(len(names))]
                         for a in range(len(names))]).reshape(len(names), len(names))
         std = unit_std(acts)
-        floor = self.near_constant * float(np.nanmedian(std)) if np.isfinite(std).any() else 0.0
+        live = float(np.nanpercentile(std, 95)) if np.isfinite(std).any() else 0.0
+        floor = self.near_constant * live
         flat = ~(std > floor) if floor > 0 else ~(std > 0)   # NaN (no input) counts as flat
         k = poly.sum(1)
         half = max(1, len(names) // 2)

@@ -165,7 +165,7 @@ def _near_constant_note(ds: xr.Dataset) -> str:
     flagged = ", ".join(f"{html.escape(str(d))} {int(c)}" for d, c in zip(
         ds["detector"].values, ds["n_flagged_near_constant"].values))
     return (f"<p><b>{n_flat} of {ds.sizes['unit']} units are near-constant</b> (activation "
-            f"std below {share:.0%} of the site's median unit std: dead or pruned). "
+            f"std below {share:.0%} of the site's 95th-percentile unit std: dead or pruned). "
             f"Flagged among them: {flagged}. A detector that flags a near-constant unit "
             "reads noise as polysemanticity.</p>")
 

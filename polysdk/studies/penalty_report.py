@@ -375,7 +375,7 @@ def print_atlas(out: str | Path, file: Any = None) -> None:
     flat = {site: v["near_constant"] for site, v in summary.items()
             if v.get("near_constant", {}).get("units")}
     if flat:
-        print("near-constant units (std < 5% of the site's median), flagged among them:",
+        print("near-constant units (std < 5% of the site's 95th percentile), flagged among them:",
               file=file)
         for site, v in flat.items():
             print(f"  {site}: {v['units']} units; " + ", ".join(
