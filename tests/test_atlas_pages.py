@@ -197,3 +197,20 @@ def test_subword_tokens_are_shown_as_words():
                                 "token_str": ("token", toks)})
     text = neuron_page(flat, 1)
     assert '"> play</span>' in text and '">ing</span>' in text and "##" not in text
+
+
+def test_flat_tokens_without_a_tokenizer_show_token_ids_not_row_numbers():
+    """A per-token store's `token` coordinate is the row number; with no tokenizer the
+    heat map shows each token's id (#id), never that row number."""
+    rng = np.random.default_rng(0)
+    lengths = [5, 3, 4]
+    sample = np.repeat(np.arange(3), lengths)
+    position = np.concatenate([np.arange(n) for n in lengths])
+    ids = 1000 + rng.integers(0, 50, size=len(sample))
+    acts = xr.DataArray(rng.random((len(sample), 4)), dims=("token", "unit"), coords={
+        "token": np.arange(len(sample)), "sample": ("token", sample),
+        "position": ("token", position), "token_id": ("token", ids)})
+    shown = re.findall(r">([^<>]+)</span>", neuron_page(acts, 0, top=3))
+    tokens = [t for t in shown if t.startswith("#")]
+    assert len(tokens) == len(sample)                    # every token of the 3 texts, as #id
+    assert set(tokens) <= {f"#{i}" for i in ids}

@@ -152,6 +152,8 @@ def _tokens(acts: xr.DataArray, info: dict[str, Any], rows: np.ndarray, tokenize
     flat = info["kind"] == "flat"
     dims = ("token",) if flat else ("sample", "position")
     sname = _first(acts.coords, TOKEN_STR_COORDS, dims)
+    if sname is not None and acts.coords[sname].dtype.kind not in "OUT":
+        sname = None   # the flat layout's own `token` index (row numbers), not strings
     iname = _first(acts.coords, TOKEN_ID_COORDS, dims)
     if sname is None and iname is None:
         return None
