@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated detector names (default: every applicable one)")
     atl.add_argument("--pages", type=int, default=10,
                      help="neuron pages per site for the most disputed units (default 10)")
+    atl.add_argument("--labels", default=None, metavar="COORD",
+                     help="coordinate holding each input's label (default: 'label', on "
+                     "texts 'concept'), e.g. --labels text_set")
     atl.add_argument("--truth", default=None, metavar="RESULT",
                      help="stored result with the planted truth (default: truth/<site> if any)")
     atl.add_argument("--save", action="store_true",
@@ -116,7 +119,14 @@ def _cmd_atlas(args: argparse.Namespace) -> Path:
                           "--detectors class_selectivity,hdbscan.")
     store = ActivationStore(path, mode="a" if args.save else "r")
     try:
-        atlas = Atlas(store, sites=args.sites, detectors=names, truth=args.truth).fit()
+        if args.labels is not None:
+            for site in args.sites or store.sites:
+                if site in store.sites and args.labels not in store[site].coords:
+                    have = [str(c) for c in store[site].coords if c not in ("unit",)]
+                    raise ConfigError(f"--labels {args.labels!r}: site {site!r} has no such "
+                                      f"coordinate; it has {have}.")
+        atlas = Atlas(store, sites=args.sites, detectors=names, truth=args.truth,
+                      labels=args.labels).fit()
         if args.save:
             atlas.save(store)
         out = Path(args.out) if args.out else path.parent / f"{path.name.removesuffix('.zarr')}-atlas"

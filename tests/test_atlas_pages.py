@@ -148,6 +148,24 @@ def test_cli_atlas_on_a_store(tmp_path, capsys):
     assert "Site fc2" in text and "Site fc" in text
 
 
+def test_cli_labels_names_the_label_coordinate(tmp_path):
+    """Labels stored under another name ('digit'): class selectivity is skipped, and
+    fitted once --labels names the coordinate."""
+    pl = make_planted_classes(n_samples=300, seed=2)
+    with ActivationStore(tmp_path / "acts.zarr", mode="w") as store:
+        store.append({"fc": pl.activations.values}, dims={"fc": ("sample", "unit")},
+                     coords={"digit": pl.activations["label"].values})
+    argv = ["atlas", str(tmp_path / "acts.zarr"), "--detectors", "class_selectivity",
+            "--pages", "0", "--save"]
+    assert main(argv) == 0
+    assert "class_selectivity" not in ActivationStore(tmp_path / "acts.zarr").read_result(
+        "atlas/fc")["detector"].values
+    assert main([*argv, "--labels", "digit"]) == 0
+    table = ActivationStore(tmp_path / "acts.zarr").read_result("atlas/fc")
+    assert list(table["detector"].values) == ["class_selectivity"]
+    assert "'digit'" in table.attrs["labels_from"]
+
+
 def test_cli_no_progress_silences_the_detectors_bars(tmp_path, capsys):
     """40 units are two HDBSCAN unit batches: a bar, unless --no-progress (every bar off)."""
     _store(tmp_path / "acts.zarr", n=200)
@@ -167,6 +185,7 @@ def test_cli_no_progress_silences_the_detectors_bars(tmp_path, capsys):
     (["atlas", "{tmp}/acts.zarr", "--detectors", "class_selectivty"], "class_selectivity"),
     (["atlas", "{tmp}/acts.zarr", "--pages", "-1"], "--pages -1"),
     (["atlas", "{tmp}/acts.zarr", "--detectors", ","], "names no detector"),
+    (["atlas", "{tmp}/acts.zarr", "--labels", "lable"], "--labels 'lable': site 'fc' has no"),
 ])
 def test_cli_atlas_bad_input_is_one_line(tmp_path, capsys, argv, message):
     _store(tmp_path / "acts.zarr", n=200)
