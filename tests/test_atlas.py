@@ -196,10 +196,11 @@ def test_near_constant_units_are_marked_and_counted_per_detector(tmp_path):
         assert int(ds["n_flagged_near_constant"].values[j]) == int(flags[dead].sum())
     page = atlas.to_html(tmp_path / "atlas.html", pages=0).read_text()
     assert f"3 of {values.shape[1]} units are near-constant" in page
+    assert "<th>near-constant</th>" in page and f"<td>{values.shape[1]}</td><td>3</td>" in page
     # no near-constant unit: no note; a share of 0 marks only exactly constant units
     clean = Atlas(pl.activations, detectors=["class_selectivity"]).fit()
     assert not clean.result_["near_constant"].values.any()
-    assert "near-constant" not in clean.to_html(tmp_path / "c.html", pages=0).read_text()
+    assert "units are near-constant" not in clean.to_html(tmp_path / "c.html", pages=0).read_text()
     assert not Atlas(acts, detectors=["class_selectivity"], near_constant=0).fit(
     ).result_["near_constant"].values.any()
     # a layer pruned to its last quarter: the live scale comes from the live units

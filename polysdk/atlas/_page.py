@@ -150,7 +150,8 @@ def _summary_rows(ds: xr.Dataset) -> list[str]:
         top = max(f1, key=f1.get)
         best = f"{top}: F1 {f1[top]:.2f}"
     esc = html.escape
-    return [esc(ds.attrs["site"]), str(ds.sizes["unit"]), str(len(names)),
+    flat = str(int(ds["near_constant"].values.sum())) if "near_constant" in ds else "-"
+    return [esc(ds.attrs["site"]), str(ds.sizes["unit"]), flat, str(len(names)),
             str(len(json.loads(ds.attrs.get("skipped_json", "{}")))),
             esc(f"{hi[1]} & {hi[2]}: {hi[0]:.2f}") if hi else "-",
             esc(f"{lo[1]} & {lo[2]}: {lo[0]:.2f}") if lo else "-", esc(best)]
@@ -253,9 +254,9 @@ def write_atlas_page(atlas: Any, path: str | Path, pages: int = 10,
                        "site: which units each flags, how far the definitions agree, and (with "
                        "planted ground truth) how right each is.")
     page.raw("<h2>Summary</h2>" + _table(
-        ["site", "units", "detectors fitted", "skipped", "most alike (Jaccard)",
-         "least alike (Jaccard)", "closest to the planted truth"],
-        [_summary_rows(ds) for ds in results.values()], left=(0, 4, 5, 6)))
+        ["site", "units", "near-constant", "detectors fitted", "skipped",
+         "most alike (Jaccard)", "least alike (Jaccard)", "closest to the planted truth"],
+        [_summary_rows(ds) for ds in results.values()], left=(0, 5, 6, 7)))
     for site, ds in results.items():
         chosen = list(atlas.disputed(pages, site=site))
         chosen += [int(u) for u in (units or {}).get(site, []) if int(u) not in chosen]
