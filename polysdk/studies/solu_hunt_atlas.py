@@ -196,7 +196,7 @@ def add_solu_atlas(page: Any, study: Any, out: str | Path, store: Any = None
     if not cfg.atlas:
         page.section("Detector agreement atlas", "Left out of this report (atlas=false); "
                      "map a model's per-token store with polysdk atlas "
-                     f"{out}/tokens/<model>.zarr --out {out}/atlas/<model>.")
+                     f"{out}/tokens/<model>.zarr --labels text_set --out {out}/atlas/<model>.")
         return None
     from polysdk.reporting import ReportPage
     from polysdk.studies.solu_hunt_report import _label
